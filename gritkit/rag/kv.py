@@ -1,0 +1,125 @@
+"""Key/value segments: caches of texts run alone from position 0, joined into one DynamicCache.
+
+GRIT's RAG caching reuses the key/value states of the embedding pass. Each text (a passage,
+a query) is cached alone, starting at position 0. To put a segment after others its keys
+must be re-positioned: RoPE keys are stored already rotated, ``k_p = R(p) k``, and rotations
+compose, ``R(p + offset) k = R(offset) k_p``, so one more rotation by the segment's real
+offset puts every key where it belongs. Values carry no position and are left as they are.
+The rotation uses the model's own rotary module, so any RoPE variant it implements
+(scaling, partial rotary, per-layer-type frequencies) is handled the way the model does it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from gritkit.model import GritLM
+
+
+@dataclass
+class Segment:
+    """Per-layer key/value states of one text, computed alone from position 0, without padding.
+
+    ``keys[i]`` / ``values[i]`` have shape ``(kv_heads, stored_tokens, head_dim)``; ``length`` is the
+    number of tokens the text occupies (a sliding-window layer may store only the last few).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int
+
+    @classmethod
+    def from_cache(cls, cache: DynamicCache, length: int, row: int = 0) -> Segment:
+        """Take one row of a (possibly right-padded) cache; the padding positions are dropped."""
+        keys, values = [], []
+        for layer in cache.layers:
+            if getattr(layer, "is_sliding", False):
+                # A sliding layer keeps only its last tokens, so right padding cannot be cut off it.
+                if layer.get_seq_length() != length:
+                    raise ValueError("a sliding-window cache layer holds padding; cache each text alone")
+                keys.append(layer.keys[row])
+                values.append(layer.values[row])
+            else:
+                keys.append(layer.keys[row, :, :length])
+                values.append(layer.values[row, :, :length])
+        return cls(keys, values, length)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Segment:
+        return Segment([k.to(device=device, dtype=dtype) for k in self.keys],
+                       [v.to(device=device, dtype=dtype) for v in self.values], self.length)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _layer_type(model: GritLM, layer_idx: int) -> str | None:
+    layer_types = getattr(model.config, "layer_types", None)
+    return layer_types[layer_idx] if layer_types else None
+
+
+@torch.inference_mode()
+def rope_rotation(model: GritLM, offset: int, layer_idx: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` of the rotation by ``offset`` positions, from the model's rotary module.
+
+    The module folds its attention scaling (YaRN etc.) into cos/sin; the cached keys already
+    carry it once, so it is divided out here to rotate without rescaling.
+    """
+    rotary = model.backbone.rotary_emb
+    dummy = torch.zeros(1, dtype=torch.float32, device=model.device)
+    positions = torch.tensor([[offset]], device=model.device)
+    if hasattr(rotary, "layer_types"):  # one frequency set per layer type (e.g. Gemma 3)
+        layer_type = _layer_type(model, layer_idx)
+        cos, sin = rotary(dummy, positions, layer_type)
+        scaling = getattr(rotary, f"{layer_type}_attention_scaling", 1.0)
+    else:
+        cos, sin = rotary(dummy, positions)
+        scaling = getattr(rotary, "attention_scaling", 1.0)
+    return cos[0, 0] / scaling, sin[0, 0] / scaling
+
+
+def rotate_keys(model: GritLM, keys: torch.Tensor, offset: int, layer_idx: int = 0) -> torch.Tensor:
+    """Move post-RoPE keys ``(..., tokens, head_dim)`` forward by ``offset`` positions."""
+    if offset == 0:
+        return keys
+    cos, sin = rope_rotation(model, offset, layer_idx)
+    rotary_dim = cos.shape[-1]  # < head_dim for partial rotary: the rest carries no position
+    rotated, passed = keys[..., :rotary_dim].float(), keys[..., rotary_dim:]
+    rotated = (rotated * cos + rotate_half(rotated) * sin).to(keys.dtype)
+    return torch.cat((rotated, passed), dim=-1) if passed.shape[-1] else rotated
+
+
+def build_cache(model: GritLM, segments: Sequence[Segment]) -> DynamicCache:
+    """Concatenate segments in order into one DynamicCache, each re-positioned to its real offset.
+
+    Generation can continue from the returned cache: its length is the sum of segment lengths.
+    """
+    if not segments:
+        raise ValueError("build_cache needs at least one segment")
+    layers = len(segments[0].keys)
+    if any(len(s.keys) != layers for s in segments):
+        raise ValueError("segments come from models with different numbers of layers")
+    dtype = next(model.model.parameters()).dtype
+    offsets, total = [], 0
+    for segment in segments:
+        offsets.append(total)
+        total += segment.length
+    cache = DynamicCache(config=model.config)
+    for layer_idx in range(layers):
+        keys = [rotate_keys(model, s.keys[layer_idx].to(model.device, dtype), offset, layer_idx)
+                for s, offset in zip(segments, offsets)]
+        values = [s.values[layer_idx].to(model.device, dtype) for s in segments]
+        cache.update(torch.cat(keys, dim=-2)[None], torch.cat(values, dim=-2)[None], layer_idx)
+        layer = cache.layers[layer_idx]
+        if hasattr(layer, "cumulative_length"):  # a sliding layer counts positions, not what it stores
+            layer.cumulative_length = total
+    return cache

@@ -1,0 +1,170 @@
+"""GritLM on the real embedded default: encode, generate, loading and bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from gritkit import GritLM, ModelLoadError
+from gritkit.loading import default_gguf_path
+
+
+# ------------------------------------------------------------------ encode
+
+def test_encode_returns_normalised_float32_rows_in_input_order(default_model):
+    texts = ["a very much longer sentence about the weather in the mountains today", "short", "medium length one"]
+    embeddings = default_model.encode(texts, instruction="Represent the sentence", batch_size=2)
+    assert embeddings.shape == (3, default_model.embedding_dim) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.stack([default_model.encode(t, instruction="Represent the sentence") for t in texts])
+    np.testing.assert_allclose(embeddings, one_by_one, atol=1e-5)
+
+
+def test_encode_output_types(default_model):
+    assert default_model.encode("x y", convert_to="torch").shape == (default_model.embedding_dim,)
+    assert isinstance(default_model.encode(["x y"], convert_to="list")[0], list)
+    raw = default_model.encode(["x y"], normalize=False)
+    assert abs(np.linalg.norm(raw) - 1.0) > 1e-3
+
+
+def test_empty_list_gives_empty_matrix(default_model):
+    assert default_model.encode([]).shape == (0, default_model.embedding_dim)
+
+
+@pytest.mark.parametrize("texts, error", [([""], ValueError), (["ok", "   "], ValueError), (["ok", 3], TypeError),
+                                          ([None], TypeError)])
+def test_bad_texts_raise_clear_errors(default_model, texts, error):
+    with pytest.raises(error, match=r"texts\[\d\]"):
+        default_model.encode(texts)
+
+
+def test_overlong_text_truncates_with_one_warning_or_raises(default_model):
+    long_text = "word " * 200
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        default_model.encode([long_text, long_text], max_length=64)
+    assert len([w for w in caught if "truncated" in str(w.message)]) == 1
+    with pytest.raises(ValueError, match="max_length"):
+        default_model.encode([long_text], max_length=64, truncate=False)
+
+
+def test_pooling_and_attention_options_change_the_embedding(default_model):
+    text = "GRIT unifies embedding and generation"
+    base = default_model.encode(text)
+    for options in ({"pooling": "last"}, {"pooling": "weighted_mean"}, {"attention": "causal"}):
+        assert np.abs(default_model.encode(text, **options) - base).max() > 1e-3
+    with pytest.raises(ValueError):
+        GritLM(default_model.model, default_model.tokenizer, pooling="max")
+
+
+# ------------------------------------------------------------------ generate
+
+def test_chat_answers_a_simple_question(default_model):
+    answer = default_model.generate([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=16)
+    assert "Paris" in answer
+
+
+def test_streaming_yields_the_same_text_in_pieces(default_model):
+    prompt = "The three primary colours are"
+    whole = default_model.generate(prompt, max_new_tokens=20)
+    pieces = list(default_model.generate(prompt, max_new_tokens=20, stream=True))
+    assert len(pieces) > 1 and "".join(pieces) == whole
+
+
+def test_stop_string_ends_the_text(default_model):
+    prompt = "List: 1. apples\n2. pears\n3."
+    full = default_model.generate(prompt, max_new_tokens=24)
+    assert "\n" in full
+    cut = default_model.generate(prompt, max_new_tokens=24, stop=["\n"])
+    assert cut == full[: full.index("\n")]
+
+
+def test_sampling_is_reproducible_with_a_seed(default_model):
+    prompt = [{"role": "user", "content": "Write a word."}]
+    first = default_model.generate(prompt, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    second = default_model.generate(prompt, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    assert first == second
+
+
+@pytest.mark.parametrize("prompt, kwargs, error", [
+    ("", {}, ValueError), ([], {}, ValueError), ([{"role": "user"}], {}, TypeError),
+    ("hi", {"max_new_tokens": 0}, ValueError), ("hi", {"temperature": -1.0}, ValueError),
+])
+def test_bad_generation_arguments_raise(default_model, prompt, kwargs, error):
+    with pytest.raises(error):
+        default_model.generate(prompt, **kwargs)
+
+
+def test_generation_continues_from_an_embedding_cache(default_model):
+    """The KV states of a causal embedding pass are a valid prefix for generation."""
+    document = "The Eiffel Tower is in Paris."
+    _, cache, ids = default_model.embed_with_cache(document, attention="causal")
+    question = default_model.tokenizer("\nQuestion: Where is the Eiffel Tower?\nAnswer:", add_special_tokens=False)["input_ids"]
+    cached = list(default_model.generate_ids(question, past_key_values=cache, max_new_tokens=8))
+    uncached = list(default_model.generate_ids(ids + question, max_new_tokens=8))
+    assert cached == uncached
+
+
+# ------------------------------------------------------------------ loading
+
+def test_unknown_path_raises_model_load_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="never downloads"):
+        GritLM.from_pretrained(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="neither"):
+        GritLM.from_pretrained(str(tmp_path / "empty"))
+
+
+def test_corrupt_gguf_raises_model_load_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRITKIT_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(256))
+    with pytest.raises(ModelLoadError, match="Could not read GGUF"):
+        GritLM.from_pretrained(str(bad))
+    assert not list((tmp_path / "cache").rglob("config.json"))
+
+
+def test_save_and_load_roundtrip(tiny_model, tmp_path):
+    model = tiny_model("qwen2")
+    model.save_pretrained(tmp_path / "tiny")
+    loaded = GritLM.from_pretrained(str(tmp_path / "tiny"))
+    np.testing.assert_allclose(loaded.encode("same text"), model.encode("same text"), atol=1e-6)
+
+
+def test_base_plus_peft_adapter_directory_loads(tiny_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model("llama")
+    base.save_pretrained(tmp_path / "base")
+    torch.manual_seed(1)
+    peft_model = get_peft_model(base.model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    peft_model.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")
+    peft_model.save_pretrained(tmp_path / "adapter")
+    expected = GritLM(peft_model, base.tokenizer).encode("adapted text")
+    loaded = GritLM.from_pretrained(str(tmp_path / "adapter"))
+    np.testing.assert_allclose(loaded.encode("adapted text"), expected, atol=1e-6)
+    plain = GritLM.from_pretrained(str(tmp_path / "base")).encode("adapted text")
+    assert np.abs(plain - expected).max() > 1e-4
+
+
+CONVERT = "import sys; from gritkit.loading import convert_gguf; print(convert_gguf(sys.argv[1]))"
+
+
+def test_concurrent_first_loads_share_one_valid_cache(tmp_path):
+    """Two processes converting the same GGUF at once both succeed and leave one readable copy."""
+    env = {**os.environ, "GRITKIT_CACHE": str(tmp_path)}
+    gguf = str(default_gguf_path())
+    processes = [subprocess.Popen([sys.executable, "-c", CONVERT, gguf], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0].strip() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0] and outputs[0] == outputs[1]
+    converted = list((tmp_path / "gguf").iterdir())
+    assert len(converted) == 1 and not converted[0].name.startswith(".")
+    model = GritLM.from_pretrained(str(converted[0]))
+    assert model.encode("cache works").shape == (model.embedding_dim,)
