@@ -1,0 +1,206 @@
+"""``gritkit data build``: turn the shared data sets into a GRIT training mix (train splits only).
+
+Embedding sources (one file each, one instruction each, friendly layout):
+medquad (question -> answer), twentynewsgroups train (subject -> body), tydiqa_goldp train
+(question -> passage), wikiqa train (question -> correct sentence; wrong ones are hard negatives),
+flickr8k_captions (caption <-> caption of the same image), banking77 train (query <-> same-intent query).
+Generative sources (chat ``messages``): t0_train_50k, flan_cot, gsm8k train.
+
+No row comes from an evaluation split; where a train split repeats a text of its test split
+(banking77 queries, 20 Newsgroups subjects, WikiQA and GSM8K questions) that train row is dropped too.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import random
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from gritkit.paths import data_dir
+
+INSTRUCTIONS = {
+    "medquad": ("Given a medical question, retrieve a passage that answers it", ""),
+    "twentynewsgroups": ("Given the subject line of a newsgroup post, retrieve the post", ""),
+    "tydiqa": ("Given a question, retrieve a Wikipedia passage that answers it", ""),
+    "wikiqa": ("Given a question, retrieve the Wikipedia sentence that answers it", ""),
+    # symmetric tasks: both sides carry the same instruction, as in GritLM's training data
+    "flickr8k": ("Given an image caption, retrieve a caption of the same image",) * 2,
+    "banking77": ("Given an online banking query, retrieve a query with the same intent",) * 2,
+}
+# P3 templates whose source data sets are evaluation sets elsewhere (MRPC, ...), per t0_train_50k/SOURCE.txt.
+T0_EXCLUDED_TEMPLATE_PREFIXES = ("glue_mrpc", "paws", "imdb", "ag_news", "dbpedia_14")
+
+
+def _jsonl(path: Path) -> Iterator[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as file:
+        for line in file:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"^(re:\s*)+", "", text.strip(), flags=re.I).lower().split())
+
+
+def _eval_texts(path: Path, key: str) -> set[str]:
+    """Normalised texts of an evaluation split, read only to keep its duplicates out of training."""
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as file:
+            return {_normal(row[key]) for row in csv.DictReader(file)}
+    return {_normal(row[key]) for row in _jsonl(path)}
+
+
+def _pair(source: str, query: str, positive: str, negatives: list[str] | None = None) -> dict:
+    query_instruction, doc_instruction = INSTRUCTIONS[source]
+    return {"source": source, "query": query.strip(), "positive": positive.strip(),
+            "negatives": [n.strip() for n in negatives or [] if n.strip()],
+            "query_instruction": query_instruction, "doc_instruction": doc_instruction}
+
+
+def _chat(user: str, assistant: str) -> dict:
+    return {"messages": [{"role": "user", "content": user.strip()}, {"role": "assistant", "content": assistant.strip()}]}
+
+
+# ---------------------------------------------------------------- embedding sources
+
+def medquad(root: Path, rng: random.Random) -> list[dict]:
+    rows = [r for r in _jsonl(root / "medquad" / "medquad_qa.jsonl.gz") if r["question"].strip() and r["answer"].strip()]
+    by_focus = defaultdict(list)
+    for row in rows:
+        by_focus[row["focus"]].append(row["answer"])
+    pairs = []
+    for row in rows:  # other answers about the same focus are hard negatives (SOURCE.txt)
+        others = [a for a in by_focus[row["focus"]] if a != row["answer"]]
+        pairs.append(_pair("medquad", row["question"], row["answer"], rng.sample(others, min(1, len(others)))))
+    return pairs
+
+
+def twentynewsgroups(root: Path, rng: random.Random) -> list[dict]:
+    pairs, seen = [], _eval_texts(root / "twentynewsgroups" / "test.jsonl.gz", "subject")
+    for row in _jsonl(root / "twentynewsgroups" / "train.jsonl.gz"):
+        subject = re.sub(r"^(re:\s*)+", "", row["subject"].strip(), flags=re.I)
+        body = row["text"].split("\n\n", 1)[-1].strip()  # drop the mail headers (they repeat the subject)
+        # one post per subject: replies share it and would be false in-batch negatives
+        if len(subject) < 8 or len(body) < 40 or _normal(subject) in seen:
+            continue
+        seen.add(_normal(subject))
+        pairs.append(_pair("twentynewsgroups", subject, body))
+    return pairs
+
+
+def tydiqa(root: Path, rng: random.Random) -> list[dict]:
+    data = json.loads((root / "tydiqa_goldp" / "train" / "tydiqa.goldp.en.train.json").read_text())
+    return [_pair("tydiqa", qa["question"], paragraph["context"])
+            for article in data["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+
+
+def wikiqa(root: Path, rng: random.Random) -> list[dict]:
+    questions: dict[str, dict] = {}
+    held_out = _eval_texts(root / "wikiqa" / "test.jsonl", "question") | _eval_texts(root / "wikiqa" / "dev.jsonl", "question")
+    for row in _jsonl(root / "wikiqa" / "train.jsonl"):
+        if _normal(row["question"]) in held_out:
+            continue
+        entry = questions.setdefault(row["qid"], {"question": row["question"], "pos": [], "neg": []})
+        entry["pos" if int(row["label"]) == 1 else "neg"].append(row["sentence"])
+    return [{**_pair("wikiqa", q["question"], q["pos"][0], q["neg"]), "positive": q["pos"]}
+            for q in questions.values() if q["pos"]]
+
+
+def flickr8k(root: Path, rng: random.Random) -> list[dict]:
+    pairs = []
+    for row in _jsonl(root / "flickr8k_captions" / "flickr8k_caption_groups.jsonl"):
+        captions = [c for c in row["captions"] if c.strip()]
+        if len(captions) >= 2:
+            query, positive = rng.sample(captions, 2)
+            pairs.append(_pair("flickr8k", query, positive))
+    return pairs
+
+
+def banking77(root: Path, rng: random.Random) -> list[dict]:
+    with open(root / "banking77" / "train.csv", newline="", encoding="utf-8") as file:
+        held_out = _eval_texts(root / "banking77" / "test.csv", "text")
+        by_intent = defaultdict(list)
+        for row in csv.DictReader(file):
+            if _normal(row["text"]) not in held_out:
+                by_intent[row["category"]].append(row["text"])
+    intents = sorted(by_intent)
+    pairs = []
+    for intent in intents:
+        texts = by_intent[intent]
+        for text in texts:
+            positive = rng.choice([t for t in texts if t != text] or texts)
+            negative = rng.choice(by_intent[rng.choice([i for i in intents if i != intent])])
+            pairs.append(_pair("banking77", text, positive, [negative]))
+    return pairs
+
+
+# ---------------------------------------------------------------- generative sources
+
+def t0(root: Path, rng: random.Random) -> list[dict]:
+    return [_chat(row["prompt"], row["completion"].replace("<|endoftext|>", ""))
+            for row in _jsonl(root / "t0_train_50k" / "t0_train_50k.jsonl.gz")
+            if not row["template"].startswith(T0_EXCLUDED_TEMPLATE_PREFIXES)
+            and row["completion"].replace("<|endoftext|>", "").strip()]
+
+
+def flan_cot(root: Path, rng: random.Random) -> list[dict]:
+    # its gsm8k task repeats gsm8k/train.jsonl, which is its own source below
+    return [_chat(row["question"], f"{row['rationale'].strip()}\nSo the answer is {row['answer'].strip()}.")
+            for row in _jsonl(root / "flan_cot" / "flan_cot_train.jsonl") if row["task"] != "gsm8k"]
+
+
+def gsm8k(root: Path, rng: random.Random) -> list[dict]:
+    # drop the calculator annotations "<<48/2=24>>" that only the original tool-using setup needs
+    held_out = _eval_texts(root / "gsm8k" / "test.jsonl", "question")
+    return [_chat(row["question"], re.sub(r"<<[^>]*>>", "", row["answer"])) for row in _jsonl(root / "gsm8k" / "train.jsonl")
+            if _normal(row["question"]) not in held_out]
+
+
+EMBEDDING_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
+    "medquad": medquad, "twentynewsgroups": twentynewsgroups, "tydiqa": tydiqa, "wikiqa": wikiqa,
+    "flickr8k": flickr8k, "banking77": banking77}
+GENERATIVE_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
+    "t0": t0, "flan_cot": flan_cot, "gsm8k": gsm8k}
+
+
+def build_training_mix(output_dir: str | Path, *, source_dir: str | Path | None = None,
+                       max_per_source: int | None = None, seed: int = 0,
+                       sources: list[str] | None = None) -> dict[str, int]:
+    """Write ``embedding/<source>.jsonl`` and ``generative/<source>.jsonl`` under ``output_dir``.
+
+    ``max_per_source`` keeps a seeded random sample of each source; returns rows written per source.
+    Each file is written to a temp name and renamed, so an interrupted build leaves no partial file.
+    """
+    root = Path(source_dir) if source_dir else data_dir()
+    output_dir = Path(output_dir)
+    chosen = {**{n: ("embedding", f) for n, f in EMBEDDING_SOURCES.items()},
+              **{n: ("generative", f) for n, f in GENERATIVE_SOURCES.items()}}
+    unknown = set(sources or []) - set(chosen)
+    if unknown:
+        raise ValueError(f"unknown source(s) {sorted(unknown)}; choose from {sorted(chosen)}")
+    counts = {}
+    for name, (kind, read) in chosen.items():
+        if sources and name not in sources:
+            continue
+        rng = random.Random(f"{seed}-{name}")
+        rows = read(root, rng)
+        rng.shuffle(rows)
+        rows = rows[:max_per_source] if max_per_source else rows
+        target = output_dir / kind / f"{name}.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_suffix(".jsonl.tmp")
+        with staging.open("w", encoding="utf-8") as file:
+            for row in rows:
+                file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(staging, target)
+        counts[name] = len(rows)
+    (output_dir / "mix.json").write_text(json.dumps({"source_dir": str(root), "seed": seed,
+                                                     "max_per_source": max_per_source, "rows": counts}, indent=2))
+    return counts

@@ -1,0 +1,113 @@
+"""CLI: ``gritkit train [config.yaml] [--option value ...] [--resume]`` and ``gritkit data build OUTPUT``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+
+from gritkit.training.config import TrainingConfig
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``--max-steps 10 --lora false --no-gather-negatives --embedding-data a.jsonl --embedding-data b.jsonl``
+    -> options; values are read as the option's type (lists collect repeats, or take a YAML ``[a, b]``)."""
+    defaults = TrainingConfig()
+    overrides: dict[str, Any] = {}
+    index = 0
+    while index < len(args):
+        flag = args[index]
+        if not flag.startswith("--"):
+            raise ValueError(f"unexpected argument {flag!r}: options look like --name value")
+        name, _, value = flag[2:].partition("=")
+        name = name.replace("-", "_")
+        negated = name.startswith("no_") and name[3:] in TrainingConfig.field_names()
+        name = name[3:] if negated else name
+        if name not in TrainingConfig.field_names():
+            raise ValueError(f"unknown option --{name.replace('_', '-')}; see recipes/example.yaml for all options")
+        default = getattr(defaults, name)
+        if not value and isinstance(default, bool) and (index + 1 == len(args) or args[index + 1].startswith("--")):
+            value = "false" if negated else "true"
+        elif not value:
+            if index + 1 == len(args):
+                raise ValueError(f"--{name.replace('_', '-')} needs a value")
+            index += 1
+            value = args[index]
+        overrides[name] = _convert(name, value, default, overrides.get(name))
+        index += 1
+    return overrides
+
+
+def _convert(name: str, value: str, default: Any, previous: Any) -> Any:
+    if isinstance(default, bool):
+        parsed = yaml.safe_load(value)
+        if not isinstance(parsed, bool):
+            raise ValueError(f"--{name.replace('_', '-')} takes true or false, not {value!r}")
+        return parsed
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(value)
+        except ValueError:
+            raise ValueError(f"--{name.replace('_', '-')} takes a {type(default).__name__}, not {value!r}") from None
+    if isinstance(default, list) or value.startswith("["):
+        items = yaml.safe_load(value) if value.startswith("[") else [value]
+        return (previous or []) + items
+    return value
+
+
+def train_command(
+    ctx: typer.Context,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in output_dir")] = False,
+) -> None:
+    """Train a GRIT model: gritkit train [CONFIG.yaml] [--option value ...] [--resume].
+
+    Every option of recipes/example.yaml is also a flag (--max-steps 10 --mode embedding --no-lora ...);
+    flags override the YAML.
+    """
+    from gritkit import ModelLoadError
+    from gritkit.training.data import DataError
+    from gritkit.training.trainer import train
+
+    args = list(ctx.args)
+    # the config is a leading positional (declared by hand: a typer Argument would swallow flag values)
+    config = Path(args.pop(0)) if args and not args[0].startswith("--") else None
+    try:
+        overrides = parse_overrides(args)
+        options = TrainingConfig.from_yaml(config, **overrides) if config else TrainingConfig.from_dict(overrides)
+        history = train(options, resume=resume)
+    except (DataError, ValueError, FileExistsError, FileNotFoundError, ModelLoadError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    if history:
+        last = history[-1]
+        parts = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("loss"))
+        typer.echo(f"step {last['step']}: {parts}; model saved to {options.output_dir}", err=True)
+
+
+def build_command(
+    output_dir: Annotated[Path, typer.Argument(help="Folder for embedding/*.jsonl and generative/*.jsonl")],
+    max_per_source: Annotated[Optional[int], typer.Option(help="Keep a seeded sample of this many rows per source")] = None,
+    source: Annotated[Optional[list[str]], typer.Option(help="Only these sources (repeatable)")] = None,
+    seed: int = 0,
+) -> None:
+    """Build a GRIT training mix from the shared data sets (train splits only)."""
+    from gritkit.training.build import build_training_mix
+
+    try:
+        counts = build_training_mix(output_dir, max_per_source=max_per_source, seed=seed, sources=source)
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    for name, count in counts.items():
+        typer.echo(f"{name:>18} {count:>7} rows")
+    typer.echo(f"wrote {output_dir}/embedding and {output_dir}/generative", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
+    data = typer.Typer(help="Training data: build a GRIT training mix from the shared data sets.", no_args_is_help=True)
+    data.command("build")(build_command)
+    app.add_typer(data, name="data")

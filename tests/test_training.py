@@ -1,0 +1,328 @@
+"""GRIT training: data validation, batch order, losses, GradCache equivalence, resume, output, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from gritkit import GritLM
+from gritkit.paths import data_dir
+from gritkit.training import DataError, TrainingConfig, gradcache_backward, info_nce_loss, next_token_loss, train
+from gritkit.training.data import (IGNORE_INDEX, BatchPlan, GenerativeExample, read_embedding_data,
+                                   read_generative_data, tokenize_generative)
+from gritkit.training.gradcache import split_batch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # 2 shared cores: more than one intra-op thread makes tiny matmuls 100x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_model, tmp_path_factory) -> Path:
+    """A tiny llama with attention dropout, saved like any local model dir."""
+    grit = tiny_model("llama")
+    grit.model.config.attention_dropout = 0.1
+    path = tmp_path_factory.mktemp("tiny") / "base"
+    grit.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("data")
+    cats = [{"query": f"question {i} about cats", "positive": f"answer {i} about cats", "negatives": [f"dogs {i}"],
+             "query_instruction": "Retrieve an answer"} for i in range(8)]
+    cars = [{"query": ["Find the car part", f"part {i}"], "pos": [f"car part number {i}"], "neg": []} for i in range(8)]
+    chats = [{"messages": [{"role": "user", "content": f"count to {i}"}, {"role": "assistant", "content": f"1 to {i}"}]}
+             for i in range(6)] + [{"prompt": "Say hi", "completion": "Hi!"}, {"text": "plain language modelling"}]
+    return {"cats": write_jsonl(folder / "cats.jsonl", cats), "cars": write_jsonl(folder / "cars.jsonl", cars),
+            "gen": write_jsonl(folder / "gen.jsonl", chats)}
+
+
+def tiny_config(tiny_dir: Path, data: dict, output_dir: Path, **overrides) -> TrainingConfig:
+    return TrainingConfig(model=str(tiny_dir), embedding_data=[str(data["cats"]), str(data["cars"])],
+                          generative_data=[str(data["gen"])], max_steps=4, output_dir=str(output_dir),
+                          embedding_batch_size=4, generative_batch_size=2, learning_rate=1e-3, lora_dropout=0.1,
+                          checkpoint_every=2, keep_checkpoints=0, warmup_ratio=0.0).replace(**overrides)
+
+
+# ---------------------------------------------------------------- data
+
+def test_both_embedding_layouts_are_read_with_instructions_and_sources(data):
+    by_source = read_embedding_data([data["cats"], data["cars"]])
+    assert sorted(by_source) == ["cars", "cats"]
+    cat = by_source["cats"][0]
+    assert cat.query == ("Retrieve an answer", "question 0 about cats")
+    assert cat.positives == [("", "answer 0 about cats")] and cat.negatives == [("", "dogs 0")]
+    assert by_source["cars"][3].query == ("Find the car part", "part 3")
+
+
+def test_generative_formats_become_chat_or_text(data):
+    examples = read_generative_data([data["gen"]])
+    assert examples[6].messages == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}]
+    assert examples[7] == GenerativeExample(text="plain language modelling")
+
+
+@pytest.mark.parametrize("row, message", [
+    ('{"query": "q", "pos": ["p"]', "Expecting"),                     # broken JSON
+    ({"query": "q"}, "missing 'pos'"),
+    ({"query": "", "positive": "p"}, "query is empty"),
+    ({"query": "q", "pos": []}, "every query needs a positive"),
+    ({"query": "q", "positive": "p", "negatives": [3]}, "negatives[0] must be a string"),
+])
+def test_malformed_embedding_line_is_reported_with_file_and_line(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "emb.jsonl", [{"query": "fine", "positive": "ok"}, row])
+    with pytest.raises(DataError, match=rf"emb.jsonl:2: .*{re.escape(message)}"):
+        read_embedding_data([path])
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0] must be"),
+    ({"prompt": "p"}, "'prompt' and 'completion'"),
+    ({"foo": 1}, "expected 'messages'"),
+])
+def test_malformed_generative_line_is_reported(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "gen.jsonl", [{"text": "ok"}, {"text": "ok"}, row])
+    with pytest.raises(DataError, match=rf"gen.jsonl:3: {re.escape(message)}"):
+        read_generative_data([path])
+
+
+def test_assistant_turns_only_are_labelled_and_prompts_match_generate(default_model):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Italy?"},
+                {"role": "assistant", "content": "Rome."}]
+    ids, labels = tokenize_generative(default_model, GenerativeExample(messages=messages), max_length=512)
+    prompt = default_model.prompt_ids(messages[:2])  # what generate() sees before the first reply
+    assert ids[:len(prompt)] == prompt and all(label == IGNORE_INDEX for label in labels[:len(prompt)])
+    trained = default_model.tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert "Paris." in trained and "Rome." in trained
+    assert "France" not in trained and "Italy" not in trained and "brief" not in trained
+    second_prompt = default_model.prompt_ids(messages[:4])
+    assert ids[:len(second_prompt)] == second_prompt
+
+
+def test_over_long_prompt_is_cut_so_the_reply_is_still_trained(default_model):
+    example = GenerativeExample(messages=[{"role": "user", "content": "word " * 300},
+                                          {"role": "assistant", "content": "Short reply."}])
+    ids, labels = tokenize_generative(default_model, example, max_length=32)
+    assert len(ids) == 32
+    assert "Short reply." in default_model.tokenizer.decode([i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+
+
+def test_batch_plan_draws_each_batch_from_one_source_and_is_deterministic():
+    plan = BatchPlan({"a": 10, "b": 7, "tiny": 2}, batch_size=3, seed=1)
+    assert plan.skipped == ["tiny"] and plan.batches_per_epoch == 3 + 2
+    epoch = [plan.batch(step) for step in range(plan.batches_per_epoch)]
+    for source in ("a", "b"):  # within an epoch no example repeats
+        seen = [i for name, batch in epoch if name == source for i in batch]
+        assert len(seen) == len(set(seen))
+    assert [BatchPlan({"a": 10, "b": 7}, 3, seed=1).batch(s) for s in range(12)] == [plan.batch(s) for s in range(12)]
+    assert [BatchPlan({"a": 10, "b": 7}, 3, seed=2).batch(s) for s in range(12)] != [plan.batch(s) for s in range(12)]
+
+
+# ---------------------------------------------------------------- losses
+
+def test_info_nce_uses_every_passage_as_negative():
+    torch.manual_seed(0)
+    queries, passages = torch.randn(3, 8), torch.randn(6, 8)  # 2 passages (positive, hard negative) per query
+    loss, scores = info_nce_loss(queries, passages, temperature=0.05)
+    assert scores.shape == (3, 6)
+    cosine = torch.nn.functional.cosine_similarity(queries[:, None], passages[None], dim=-1) / 0.05
+    expected = -(cosine[torch.arange(3), torch.arange(3) * 2] - cosine.logsumexp(1)).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_next_token_loss_types_and_chunking():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4, 5], [IGNORE_INDEX, 1, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]])
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none")
+    token_mean = per_token.sum() / 4  # 3 + 1 trained tokens
+    sample_mean = (per_token[0].sum() / 3 + per_token[1].sum() / 1) / 2
+    torch.testing.assert_close(next_token_loss(logits, labels, loss_type="mixed"), token_mean)
+    torch.testing.assert_close(next_token_loss(logits, labels, loss_type="sample"), sample_mean)
+    chunked = sum(next_token_loss(logits[i:i + 1], labels[i:i + 1], loss_type=kind, num_tokens=4, num_samples=2)
+                  for i in range(2) for kind in ["mixed"])
+    torch.testing.assert_close(chunked, token_mean)
+
+
+# ---------------------------------------------------------------- GradCache
+
+def _parameter_grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _gradcache_inputs(grit: GritLM):
+    queries = [f"what is item {i}?" for i in range(6)]
+    passages = [text for i in range(6) for text in (f"item {i} is a thing number {i}", f"unrelated text {i * 7}")]
+    return (grit.tokenize_for_embedding(queries, "Retrieve the passage"), grit.tokenize_for_embedding(passages))
+
+
+def _loss_fn(q, p):
+    return info_nce_loss(q, p, temperature=0.05)[0]
+
+
+def test_gradcache_gradients_equal_full_batch_with_dropout(tiny_dir):
+    grit = GritLM.from_pretrained(tiny_dir)
+    grit.model.train()  # attention dropout 0.1 is active
+    query_batch, passage_batch = _gradcache_inputs(grit)
+    chunks = [split_batch(query_batch, 4), split_batch(passage_batch, 4)]
+
+    def reference(seed: int) -> dict[str, torch.Tensor]:
+        """One graph over the whole batch (embedded chunk by chunk, so dropout draws the same masks)."""
+        grit.model.zero_grad()
+        torch.manual_seed(seed)
+        embeddings = [torch.cat([grit.embed_batch(chunk) for chunk in kind]) for kind in chunks]
+        _loss_fn(*embeddings).backward()
+        return _parameter_grads(grit.model)
+
+    expected = reference(seed=7)
+    grit.model.zero_grad()
+    torch.manual_seed(7)
+    gradcache_backward(grit.embed_batch, chunks, _loss_fn)
+    got = _parameter_grads(grit.model)
+    assert got.keys() == expected.keys() and len(got) > 10
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-7, msg=name)
+    # dropout really is on: other masks give other gradients, so the equality above needs the RNG replay
+    other = reference(seed=8)
+    assert any(not torch.allclose(other[name], expected[name], rtol=1e-3) for name in expected)
+
+
+def test_gradcache_without_dropout_equals_one_forward_over_the_batch(tiny_model):
+    grit = tiny_model("llama")  # no dropout configured
+    grit.model.train()
+    query_batch, passage_batch = _gradcache_inputs(grit)
+    _loss_fn(grit.embed_batch(query_batch), grit.embed_batch(passage_batch)).backward()
+    expected = _parameter_grads(grit.model)
+    grit.model.zero_grad()
+    gradcache_backward(grit.embed_batch, [split_batch(query_batch, 2), split_batch(passage_batch, 5)], _loss_fn)
+    for name, grad in _parameter_grads(grit.model).items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------- training runs (tiny model)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir, data, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("runs") / "full"
+    config = tiny_config(tiny_dir, data, output_dir, gradcache_chunk_size=3)
+    return config, train(config)
+
+
+def test_resume_continues_with_the_same_data_order_and_random_state(tiny_dir, data, uninterrupted, tmp_path):
+    config, history = uninterrupted
+    # What a run killed during step 3 leaves: the step-2 checkpoint and a half-written step-3 one.
+    output_dir = tmp_path / "resumed"
+    shutil.copytree(Path(config.output_dir) / "checkpoints" / "step-0000002", output_dir / "checkpoints" / "step-0000002")
+    (output_dir / "checkpoints" / ".tmp-step-0000003").mkdir()
+    (output_dir / "checkpoints" / ".tmp-step-0000003" / "model.safetensors").write_bytes(b"half")
+    resumed = train(config.replace(output_dir=str(output_dir)), resume=True)
+    assert [row["step"] for row in resumed] == [3, 4]
+    for expected, got in zip(history[2:], resumed):
+        for key in ("loss", "loss_embedding", "loss_generative", "lr"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+
+
+def test_output_dir_loads_with_config_metrics_and_adapter(uninterrupted):
+    config, history = uninterrupted
+    output_dir = Path(config.output_dir)
+    assert TrainingConfig.from_yaml(output_dir / "training_config.yaml") == config
+    assert json.loads((output_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == config.model
+    logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [1, 2, 3, 4] and logged[-1]["loss"] == history[-1]["loss"]
+    assert {"loss_embedding", "loss_generative", "examples_per_s", "lr"} <= logged[0].keys()
+    trained, base = GritLM.from_pretrained(output_dir), GritLM.from_pretrained(config.model)
+    assert type(trained.model).__name__.startswith("Peft")
+    texts = ["question 1 about cats", "car part number 2"]
+    assert not np.allclose(trained.encode(texts), base.encode(texts), atol=1e-4)  # the adapter changed the model
+    with pytest.raises(FileExistsError, match="previous run"):  # never silently overwritten
+        train(config)
+
+
+def test_embedding_only_full_finetuning_saves_a_model_dir(tiny_dir, data, tmp_path):
+    config = tiny_config(tiny_dir, data, tmp_path / "emb", mode="embedding", generative_data=[], lora=False,
+                         max_steps=2, checkpoint_every=0, gradient_checkpointing=True)
+    history = train(config)
+    assert all("loss_generative" not in row for row in history)
+    assert (tmp_path / "emb" / "config.json").is_file() and not (tmp_path / "emb" / "checkpoints").exists()
+    assert GritLM.from_pretrained(tmp_path / "emb").encode("a text").shape == (64,)
+
+
+def test_malformed_data_stops_the_cli_before_anything_is_written(tiny_dir, data, tmp_path):
+    from gritkit.cli import app
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"query": "q", "positive": "p"}, {"query": "q", "positive": "p"},
+                                               {"query": "q", "positive": 5}])
+    output_dir = tmp_path / "never"
+    result = CliRunner().invoke(app, ["train", "--model", str(tiny_dir), "--embedding-data", str(bad),
+                                      "--generative-data", str(data["gen"]), "--output-dir", str(output_dir)])
+    assert result.exit_code == 2
+    assert f"{bad}:3: positive must be a string or a list, got 5" in result.output
+    assert not output_dir.exists()
+
+
+def test_cli_flags_override_the_yaml(tiny_dir, data, tmp_path):
+    from gritkit.cli import app
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({"model": str(tiny_dir), "mode": "generative", "generative_data": [str(data["gen"])],
+                                           "max_steps": 50, "output_dir": str(tmp_path / "out")}))
+    result = CliRunner().invoke(app, ["train", str(config_path), "--max-steps", "1", "--no-lora", "--checkpoint-every", "0"])
+    assert result.exit_code == 0, result.output
+    saved = TrainingConfig.from_yaml(tmp_path / "out" / "training_config.yaml")
+    assert (saved.max_steps, saved.lora, saved.mode) == (1, False, "generative")
+    result = CliRunner().invoke(app, ["train", str(config_path), "--max-stepz", "1"])
+    assert result.exit_code == 2 and "unknown option --max-stepz" in result.output
+
+
+def test_example_recipe_documents_every_option_with_its_default():
+    recipe = yaml.safe_load((REPO / "recipes" / "example.yaml").read_text())
+    defaults = TrainingConfig().to_dict()
+    assert list(recipe) == list(defaults)
+    assert {k: v for k, v in recipe.items() if not k.endswith("_data")} == \
+        {k: v for k, v in defaults.items() if not k.endswith("_data")}
+
+
+# ---------------------------------------------------------------- data build
+
+def test_data_build_uses_train_splits_only(tmp_path):
+    from gritkit.training.build import build_training_mix
+
+    counts = build_training_mix(tmp_path, sources=["wikiqa", "banking77", "gsm8k"], max_per_source=None)
+    assert counts["wikiqa"] > 800 and counts["gsm8k"] > 7400
+    by_source = read_embedding_data([tmp_path / "embedding"])
+    assert sorted(by_source) == ["banking77", "wikiqa"]
+    wikiqa = by_source["wikiqa"]
+    assert all(e.query[0] == wikiqa[0].query[0] != "" for e in wikiqa)  # one instruction per source
+    assert sum(bool(e.negatives) for e in wikiqa) > 500  # wrong sentences kept as hard negatives
+    test_questions = {json.loads(line)["question"].strip() for line in (data_dir() / "wikiqa" / "test.jsonl").open()}
+    assert not test_questions & {e.query[1] for e in wikiqa}
+    banking_test = {row["text"].strip() for row in csv.DictReader((data_dir() / "banking77" / "test.csv").open())}
+    assert not banking_test & {e.query[1] for e in by_source["banking77"]}
+    gsm8k_test = {json.loads(line)["question"].strip() for line in (data_dir() / "gsm8k" / "test.jsonl").open()}
+    generative = read_generative_data([tmp_path / "generative"])
+    assert not gsm8k_test & {e.messages[0]["content"] for e in generative}
+    assert "<<" not in generative[0].messages[1]["content"]
