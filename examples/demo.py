@@ -1,0 +1,56 @@
+"""The main job on the embedded default: embed, retrieve, answer with cached RAG, timings printed.
+
+    make demo        (or: .venv/bin/python examples/demo.py)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from gritkit import GritLM
+from gritkit.rag import RAG, Index
+
+DOCUMENTS = [
+    {"id": "eiffel", "text": "The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It was completed in 1889."},
+    {"id": "everest", "text": "Mount Everest, in the Himalayas on the border of Nepal and China, is Earth's highest mountain above sea level."},
+    {"id": "python", "text": "Python is a programming language created by Guido van Rossum and first released in 1991."},
+    {"id": "amazon", "text": "The Amazon River in South America is the largest river in the world by discharge volume of water."},
+    {"id": "moon", "text": "The Moon is Earth's only natural satellite. Apollo 11 landed the first humans on it in 1969."},
+    {"id": "coffee", "text": "Coffee is brewed from roasted coffee beans, the seeds of berries from Coffea plants."},
+]
+QUESTIONS = ["When was the Eiffel Tower completed?", "Who created Python?", "Which river has the largest discharge?"]
+
+
+def main() -> None:
+    console = Console()
+    start = time.perf_counter()
+    model = GritLM.from_pretrained()
+    console.print(f"[bold]loaded[/] {model.name} in {time.perf_counter() - start:.1f} s")
+
+    start = time.perf_counter()
+    vectors = model.encode([d["text"] for d in DOCUMENTS])
+    console.print(f"[bold]embedded[/] {len(vectors)} documents -> {vectors.shape} in {time.perf_counter() - start:.2f} s")
+
+    with tempfile.TemporaryDirectory() as folder:
+        index = Index.open(folder, model)
+        start = time.perf_counter()
+        index.add(DOCUMENTS, cache_kv=True)
+        console.print(f"[bold]indexed[/] with KV caches in {time.perf_counter() - start:.2f} s")
+        rag = RAG(model, index)
+        table = Table("question", "top passage", "cache", "answer", "retrieve s", "prefill s", "generate s", "total s")
+        for question in QUESTIONS:
+            for cache in ("none", "doc"):
+                answer = rag.answer(question, cache=cache, k=1, max_new_tokens=24)
+                t = answer.timings
+                table.add_row(question, answer.passages[0].id, cache, answer.text.strip(), f"{t['retrieve']:.3f}",
+                              f"{t['prefill']:.3f}", f"{t['generate']:.3f}", f"{t['total']:.3f}")
+        console.print(table)
+        index.close()
+
+
+if __name__ == "__main__":
+    main()
