@@ -402,5 +402,6 @@ def _next_token(logits: torch.Tensor, temperature: float, top_p: float, generato
     if top_p < 1:
         sorted_probs, sorted_ids = probs.sort(descending=True)
         keep = sorted_probs.cumsum(0) - sorted_probs < top_p
+        keep[0] = True  # however small top_p, the most likely token stays
         probs = torch.zeros_like(probs).scatter(0, sorted_ids[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,73 @@
+"""``gritkit serve``: run the OpenAI-compatible server with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="'default', 'smollm2-base', a .gguf file, "
+                                       "a model or adapter dir")] = "default",
+    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless an API key is set")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GRITKIT_API_KEY",
+                                                   help="Require 'Authorization: Bearer KEY' on every route but "
+                                                        "/health")] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="A gritkit.rag index directory; "
+                                                  "enables POST /v1/rag")] = None,
+    model_id: Annotated[Optional[str], typer.Option("--model-id", help="Name clients pass as 'model' "
+                                                    "(default gritkit-<model>)")] = None,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most texts in one embedding forward pass")] = 32,
+    batch_window_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for more requests")] = 5.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait per queue before 429")] = 256,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body (413 beyond)")] = 8 * 1024 * 1024,
+    max_inputs: Annotated[int, typer.Option(min=1, help="Most inputs in one embeddings request")] = 2048,
+    max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask for")] = 2048,
+    generation_slots: Annotated[int, typer.Option(min=1, help="Generations running at once")] = 1,
+    graceful_timeout: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight requests")] = 60.0,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve embeddings, chat and completions over the OpenAI API (base URL http://HOST:PORT/v1)."""
+    import uvicorn
+
+    from gritkit import GritLM, ModelLoadError
+    from gritkit.serve.app import create_app
+
+    if not api_key and not _is_loopback(host):
+        typer.secho(f"warning: serving on {host} without --api-key: anyone who can reach it can use it",
+                    fg="yellow", err=True)
+    if index is not None and not index.is_dir():
+        typer.secho(f"error: --index {index} is not a directory (build one with gritkit.rag first)",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        grit = GritLM.from_pretrained(model)
+    except ModelLoadError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    try:
+        app = create_app(grit, api_key=api_key, model_id=model_id, max_batch_size=max_batch_size,
+                         batch_window_ms=batch_window_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
+                         max_inputs=max_inputs, max_tokens_limit=max_tokens_limit,
+                         generation_slots=generation_slots, index_dir=index)
+    except (ImportError, OSError, ValueError) as error:  # a missing or unreadable --index
+        typer.secho(f"error: cannot open index {index}: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"serving {app.state.server.model_id} at http://{host}:{port}/v1", err=True)
+    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, finish in-flight requests.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
