@@ -1,0 +1,139 @@
+"""Evaluation metrics as pure functions of scores and gold labels (no model, no I/O).
+
+Ranking metrics follow trec_eval / BEIR: graded relevance with linear gains, a document
+counts as relevant when its grade is > 0. Values are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+# ---------------------------------------------------------------- ranking
+
+def ndcg_at_k(ranking: Sequence[str], relevance: Mapping[str, float], k: int = 10) -> float:
+    """nDCG@k of one ranked list: DCG = sum rel_i / log2(i + 1) over the top k, over the ideal DCG."""
+    dcg = sum(relevance.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranking[:k]))
+    ideal = sorted((grade for grade in relevance.values() if grade > 0), reverse=True)[:k]
+    idcg = sum(grade / math.log2(rank + 2) for rank, grade in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def mrr_at_k(ranking: Sequence[str], relevance: Mapping[str, float], k: int = 10) -> float:
+    """Reciprocal rank of the first relevant document within the top k (0 when none)."""
+    for rank, doc in enumerate(ranking[:k], start=1):
+        if relevance.get(doc, 0) > 0:
+            return 1.0 / rank
+    return 0.0
+
+
+def recall_at_k(ranking: Sequence[str], relevance: Mapping[str, float], k: int = 100) -> float:
+    """Share of the relevant documents found in the top k."""
+    relevant = {doc for doc, grade in relevance.items() if grade > 0}
+    if not relevant:
+        return 0.0
+    return len(relevant.intersection(ranking[:k])) / len(relevant)
+
+
+def average_precision(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Average precision of a scored list against 0/1 labels (the area under the precision-recall steps)."""
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(np.asarray(labels), np.asarray(scores, dtype=float)))
+
+
+def mean_average_precision(groups: Sequence[tuple[Sequence[float], Sequence[int]]]) -> float:
+    """MAP over (scores, labels) groups, one per query."""
+    return float(np.mean([average_precision(scores, labels) for scores, labels in groups]))
+
+
+# ---------------------------------------------------------------- similarity and classification
+
+def spearman(predicted: Sequence[float], gold: Sequence[float]) -> float:
+    """Spearman rank correlation (ties get average ranks)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(predicted, gold).statistic)
+
+
+def max_f1(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
+    """Best F1 over all thresholds "score >= t means positive"; returns (f1, threshold)."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(np.asarray(labels), np.asarray(scores, dtype=float))
+    # The last (precision, recall) point has no threshold: it is the "predict nothing" end.
+    precision, recall = precision[:-1], recall[:-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    best = int(f1.argmax())
+    return float(f1[best]), float(thresholds[best])
+
+
+def accuracy(predicted: Sequence, gold: Sequence) -> float:
+    if len(predicted) != len(gold) or not gold:
+        raise ValueError("accuracy needs two equally long, non-empty sequences")
+    return sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+
+
+def v_measure(predicted: Sequence, gold: Sequence) -> float:
+    """V-measure of a clustering: harmonic mean of homogeneity and completeness."""
+    from sklearn.metrics import v_measure_score
+
+    return float(v_measure_score(gold, predicted))
+
+
+# ---------------------------------------------------------------- generated text
+
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no English articles, single spaces."""
+    text = "".join(char for char in text.lower() if char not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised gold answer."""
+    return float(any(normalize_answer(prediction) == normalize_answer(answer) for answer in answers))
+
+
+def token_f1(prediction: str, answers: Sequence[str]) -> float:
+    """Best bag-of-tokens F1 of the prediction against any gold answer (SQuAD)."""
+    def f1(gold: str) -> float:
+        predicted_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+        common = sum((Counter(predicted_tokens) & Counter(gold_tokens)).values())
+        if common == 0:
+            return float(predicted_tokens == gold_tokens)  # both empty counts as a match
+        precision, recall = common / len(predicted_tokens), common / len(gold_tokens)
+        return 2 * precision * recall / (precision + recall)
+
+    return max(f1(answer) for answer in answers)
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def last_number(text: str) -> float | None:
+    """The last number written in ``text`` ("1,234.5" -> 1234.5), or None (GSM8K answers)."""
+    matches = _NUMBER.findall(text)
+    if not matches:
+        return None
+    try:
+        return float(matches[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def pass_at_k(samples: int, correct: int, k: int) -> float:
+    """Unbiased pass@k estimate from ``samples`` completions of which ``correct`` passed (Chen et al. 2021)."""
+    if samples - correct < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(samples - correct + 1, samples + 1)))
