@@ -10,6 +10,10 @@ is installed (``pip install llama-cpp-python``, builds from source in ~10 min).
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import subprocess
+import sys
 
 import torch
 
@@ -36,23 +40,30 @@ def transformers_decode(model: GritLM, ids: list[int], new_tokens: int) -> int:
     return output.shape[1] - len(ids)
 
 
-def llama_cpp_runner(ids: list[int], new_tokens: int, threads: int):
-    try:
-        from llama_cpp import Llama
-    except ImportError:
+LLAMA_CPP = """
+import json, statistics, sys, time
+from llama_cpp import Llama
+ids, new_tokens, threads, repeats, path = json.loads(sys.argv[1])
+llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, verbose=False)
+def run():
+    for count, _ in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True), start=1):
+        if count == new_tokens:
+            return
+times = []
+for attempt in range(repeats + 1):
+    start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
+times = times[1:]
+print(json.dumps([statistics.mean(times), statistics.stdev(times) if len(times) > 1 else 0.0]))
+"""
+
+
+def llama_cpp_seconds(ids: list[int], new_tokens: int, threads: int, repeats: int) -> tuple[float, float] | None:
+    """Mean/std seconds of llama.cpp, in its own process: two OpenMP runtimes in one process slow both."""
+    if importlib.util.find_spec("llama_cpp") is None:
         return None
-    llm = Llama(model_path=str(default_gguf_path()), n_ctx=2048, n_threads=threads, verbose=False)
-
-    def run() -> int:
-        llm.reset()
-        count = 0
-        for _ in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            count += 1
-            if count == new_tokens:
-                break
-        return count
-
-    return run
+    job = json.dumps([ids, new_tokens, threads, repeats, str(default_gguf_path())])
+    result = subprocess.run([sys.executable, "-c", LLAMA_CPP, job], capture_output=True, text=True, check=True)
+    return tuple(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -67,9 +78,9 @@ def main() -> None:
         "gritkit generate": lambda: gritkit_decode(model, ids, args.new_tokens),
         "transformers generate": lambda: transformers_decode(model, ids, args.new_tokens),
     }
-    if (llama := llama_cpp_runner(ids, args.new_tokens, torch.get_num_threads())) is not None:
-        systems["llama.cpp (Q4_1 GGUF)"] = llama
     measured = {name: best_of(run, args.repeats) for name, run in systems.items()}
+    if (llama := llama_cpp_seconds(ids, args.new_tokens, torch.get_num_threads(), args.repeats)) is not None:
+        measured["llama.cpp (Q4_1 GGUF)"] = llama
     reference = measured.get("llama.cpp (Q4_1 GGUF)", measured["transformers generate"])[0]
     rows = [{"system": name, "tokens/s": args.new_tokens / mean, "seconds": mean, "std": std,
              "speed vs llama.cpp" if "llama.cpp (Q4_1 GGUF)" in measured else "speed vs transformers": reference / mean}
