@@ -11,11 +11,13 @@ The rotation uses the model's own rotary module, so any RoPE variant it implemen
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import rotate_half as llama_rotate_half
 
 from gritkit.model import GritLM
 
@@ -48,18 +50,10 @@ class Segment:
                 values.append(layer.values[row, :, :length])
         return cls(keys, values, length)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Segment:
-        return Segment([k.to(device=device, dtype=dtype) for k in self.keys],
-                       [v.to(device=device, dtype=dtype) for v in self.values], self.length)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _rotate_half(model: GritLM):
+    """The model's own ``rotate_half`` (its modeling module's), so the pairing of dimensions matches."""
+    return getattr(sys.modules[type(model.backbone).__module__], "rotate_half", llama_rotate_half)
 
 
 def _layer_type(model: GritLM, layer_idx: int) -> str | None:
@@ -94,7 +88,7 @@ def rotate_keys(model: GritLM, keys: torch.Tensor, offset: int, layer_idx: int =
     cos, sin = rope_rotation(model, offset, layer_idx)
     rotary_dim = cos.shape[-1]  # < head_dim for partial rotary: the rest carries no position
     rotated, passed = keys[..., :rotary_dim].float(), keys[..., rotary_dim:]
-    rotated = (rotated * cos + rotate_half(rotated) * sin).to(keys.dtype)
+    rotated = (rotated * cos + _rotate_half(model)(rotated) * sin).to(keys.dtype)
     return torch.cat((rotated, passed), dim=-1) if passed.shape[-1] else rotated
 
 

@@ -1,0 +1,235 @@
+"""RAG latency and quality with GRIT key/value caching: the paper's Table 7 on the default model.
+
+Latency: Sample A (1-token query, L-token document) and Sample B (L-token query, 1-token document)
+for each L, ``--max-new-tokens`` generated tokens (exactly: end-of-sequence is ignored here so every
+mode does the same work), ``--repeats`` runs per cell, mean and std. Caches of documents are built
+at index time; that time is reported apart and never counted in a mode's latency.
+
+Quality: TyDi QA English gold passages as the corpus; each question is retrieved (k=1) and answered
+in every mode; match = the normalised gold answer string occurs in the normalised output.
+
+    python benchmarks/rag_latency.py --lengths 250 500 1000 2000 4000 --repeats 2 --limit 50
+
+Prints markdown tables, writes JSON and a PNG of latency against length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import string
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from gritkit import GritLM  # noqa: E402
+from gritkit.paths import data_dir  # noqa: E402
+from gritkit.rag import RAG, Index  # noqa: E402
+
+# (label, cache mode, order, k): the rows of the paper's Table 7.
+MODES = [
+    ("No RAG", "none", "query_first", 0),
+    ("RAG query-doc", "none", "query_first", 1),
+    ("RAG doc-query", "none", "doc_first", 1),
+    ("Query caching", "query", "query_first", 1),
+    ("Query-doc caching", "query_doc", "query_first", 1),
+    ("Doc caching", "doc", "query_first", 1),
+    ("Doc-query caching", "doc_query", "query_first", 1),
+]
+# Each caching mode against the uncached prompt with the same order of query and document.
+BASELINE = {"Query caching": "RAG query-doc", "Query-doc caching": "RAG query-doc",
+            "Doc caching": "RAG doc-query", "Doc-query caching": "RAG doc-query"}
+
+
+def tydiqa(split: str) -> list[dict]:
+    """TyDi QA gold-passage questions (English) with their passage and answers."""
+    path = data_dir() / "tydiqa_goldp" / split / f"tydiqa.goldp.en.{split}.json"
+    rows = [{"question": qa["question"], "context": paragraph["context"],
+             "answers": [a["text"] for a in qa["answers"] if a["text"].strip()]}
+            for article in json.loads(path.read_text())["data"] for paragraph in article["paragraphs"]
+            for qa in paragraph["qas"]]
+    if not any(row["answers"] for row in rows):
+        raise SystemExit(f"{path} has no gold answer strings (the shared dev copy has them blanked); "
+                         "use --tydiqa-split train")
+    return [row for row in rows if row["answers"]]
+
+
+def text_of_tokens(model: GritLM, source: str, tokens: int) -> str:
+    """A text that tokenises to about ``tokens`` tokens, cut from ``source`` (repeated as needed)."""
+    ids = model.tokenizer(source, add_special_tokens=False)["input_ids"]
+    ids = (ids * (tokens // max(len(ids), 1) + 1))[:tokens]
+    return model.tokenizer.decode(ids)
+
+
+def run_latency(model: GritLM, lengths: list[int], repeats: int, max_new_tokens: int, filler: str) -> dict:
+    # Every run decodes exactly max_new_tokens, as in the paper, whatever the model would stop at.
+    model.stop_token_ids = lambda: set()
+    short = "Hi"  # one token
+    results = {}
+    total = len(lengths) * 2 * len(MODES) * repeats
+    bar = tqdm(total=total, desc="latency", unit="run")
+    for sample in ("A", "B"):
+        for length in lengths:
+            long_text = text_of_tokens(model, filler, length)
+            question, document = (short, long_text) if sample == "A" else (long_text, short)
+            with tempfile.TemporaryDirectory() as directory:
+                index = Index.open(directory, model, kv_budget_bytes=None)
+                start = time.perf_counter()
+                index.add([{"id": "doc", "text": document}], chunk_size=100_000, chunk_overlap=0, cache_kv=True)
+                build = time.perf_counter() - start
+                stats = index.stats()
+                rag = RAG(model, index)
+                rag.answer(question, cache="doc", max_new_tokens=2)  # warm-up
+                cell = {"cache_build_s": build, "doc_tokens": stats["tokens"], "kv_bytes": stats["kv_bytes"],
+                        "query_tokens": len(model.tokenizer(question, add_special_tokens=False)["input_ids"]),
+                        "modes": {}}
+                for label, cache, order, k in MODES:
+                    seconds = []
+                    for _ in range(repeats):
+                        answer = rag.answer(question, cache=cache, order=order, k=k, max_new_tokens=max_new_tokens)
+                        assert "cache_build" not in answer.timings
+                        seconds.append(answer.timings["total"])
+                        bar.update()
+                    cell["modes"][label] = {"mean": statistics.mean(seconds),
+                                            "std": statistics.stdev(seconds) if len(seconds) > 1 else 0.0,
+                                            "runs": seconds}
+                for label, baseline in BASELINE.items():
+                    cell["modes"][label]["change_pct"] = 100 * (
+                        cell["modes"][label]["mean"] / cell["modes"][baseline]["mean"] - 1)
+                index.close()
+            results.setdefault(sample, {})[str(length)] = cell
+    bar.close()
+    del model.stop_token_ids
+    return results
+
+
+def normalize(text: str) -> str:
+    """SQuAD answer normalisation: lower case, no punctuation, articles or extra spaces."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def run_quality(model: GritLM, split: str, limit: int, corpus_size: int, max_new_tokens: int,
+                answer_prefix: str) -> dict:
+    rows = tydiqa(split)
+    questions = rows[:limit]
+    passages = list(dict.fromkeys(row["context"] for row in rows[:max(corpus_size, limit)]))
+    with tempfile.TemporaryDirectory() as directory:
+        index = Index.open(directory, model, kv_budget_bytes=None)
+        index.add([{"id": str(i), "text": text} for i, text in enumerate(passages)], chunk_size=4096,
+                  chunk_overlap=0, batch_size=32, show_progress_bar=True)
+        rag = RAG(model, index, answer_prefix=answer_prefix)
+        gold_ids = {text: str(i) for i, text in enumerate(passages)}
+        matches = {label: [] for label, *_ in MODES}
+        retrieved = []
+        for row in tqdm(questions, desc="quality", unit="question"):
+            for label, cache, order, k in MODES:
+                answer = rag.answer(row["question"], cache=cache, order=order, k=k, max_new_tokens=max_new_tokens)
+                matches[label].append(any(normalize(gold) in normalize(answer.text) for gold in row["answers"]))
+                if label == "RAG query-doc":
+                    retrieved.append(answer.passages[0].doc_id == gold_ids[row["context"]])
+        index.close()
+    return {"split": split, "questions": len(questions), "answer_prefix": answer_prefix, "corpus_passages": len(passages),
+            "retrieval_top1": sum(retrieved) / len(retrieved),
+            "match": {label: sum(hits) / len(hits) for label, hits in matches.items()}}
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    latency = results.get("latency")
+    if latency:
+        lengths = list(latency["A"])
+        header = ["Mode"] + [f"A L={n}" for n in lengths] + [f"B L={n}" for n in lengths]
+        lines += ["Latency in seconds, mean ± std (change vs. the uncached prompt of the same order):", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for label, *_ in MODES:
+            cells = []
+            for sample in ("A", "B"):
+                for n in lengths:
+                    mode = latency[sample][n]["modes"][label]
+                    change = f" ({mode['change_pct']:+.0f}%)" if "change_pct" in mode else ""
+                    cells.append(f"{mode['mean']:.2f} ± {mode['std']:.2f}{change}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", "| Per document | " + " | ".join(f"L={n}" for n in lengths) + " |",
+                  "|---|" + "---|" * len(lengths),
+                  "| doc cache build, s (Sample A, apart) | "
+                  + " | ".join(f"{latency['A'][n]['cache_build_s']:.2f}" for n in lengths) + " |",
+                  "| KV bytes stored (fp16) | "
+                  + " | ".join(f"{latency['A'][n]['kv_bytes'] / 1e6:.1f} MB" for n in lengths) + " |"]
+    quality = results.get("quality")
+    if quality:
+        lines += ["", f"TyDi QA English {quality['split']}: {quality['questions']} questions, "
+                  f"{quality['corpus_passages']} gold passages as corpus, "
+                  f"retrieval top-1 = {100 * quality['retrieval_top1']:.1f}%", "", "| Mode | Match % |", "|---|---|"]
+        lines += [f"| {label} | {100 * value:.1f} |" for label, value in quality["match"].items()]
+    return "\n".join(lines)
+
+
+def plot(latency: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for axis, sample, title in zip(axes, ("A", "B"), ("Sample A: 1-token query, L-token doc",
+                                                      "Sample B: L-token query, 1-token doc")):
+        lengths = [int(n) for n in latency[sample]]
+        for label, *_ in MODES:
+            means = [latency[sample][str(n)]["modes"][label]["mean"] for n in lengths]
+            stds = [latency[sample][str(n)]["modes"][label]["std"] for n in lengths]
+            axis.errorbar(lengths, means, yerr=stds, marker="o", capsize=3, label=label)
+        axis.set(title=title, xlabel="L (tokens)", xscale="log", yscale="log")
+        axis.minorticks_off()
+        axis.set_xticks(lengths, [str(n) for n in lengths])
+    axes[0].set_ylabel("seconds per answer")
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--limit", type=int, default=50, help="TyDi QA questions for the quality run (0: skip)")
+    parser.add_argument("--corpus-size", type=int, default=440, help="gold passages of this many questions form the corpus")
+    parser.add_argument("--tydiqa-split", default="train", choices=["train", "dev"])
+    parser.add_argument("--answer-prefix", default="The answer is",
+                        help="text the assistant turn starts with in the quality run (official GritLM RAG eval)")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is fastest on a busy CPU)")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/rag_latency.json"))
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = GritLM.from_pretrained(args.model)
+    results = {"config": {**vars(args), "output": str(args.output), "device": str(model.device),
+                          "threads": torch.get_num_threads()}}
+    if not args.skip_latency:
+        results["latency"] = run_latency(model, args.lengths, args.repeats, args.max_new_tokens,
+                                         " ".join(row["context"] for row in tydiqa("train")[:200]))
+    if args.limit:
+        results["quality"] = run_quality(model, args.tydiqa_split, args.limit, args.corpus_size, args.max_new_tokens,
+                                         args.answer_prefix)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+    if "latency" in results:
+        plot(results["latency"], args.output.with_suffix(".png"))
+        print(f"\nwrote {args.output} and {args.output.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

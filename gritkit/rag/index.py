@@ -1,0 +1,375 @@
+"""A persistent GRIT index: chunked documents, their embeddings, and optionally their key/value caches.
+
+Layout of an index directory::
+
+    index.sqlite      documents, chunks (text + float32 vector) and settings: the source of truth
+    vectors.faiss     faiss IndexIDMap(IndexFlatIP) over chunk ids: exact inner-product search
+    kv/               KVStore of per-chunk key/value segments (optional, ``cache_kv=True``)
+
+Every batch of documents is committed in one SQLite transaction (WAL, synchronous=FULL), so a
+document is either fully in the index or not at all. The faiss file is derived data: it is written
+atomically (temporary file + ``os.replace``) after each ``add``/``delete`` and, when opened, checked
+against the chunk ids in SQLite and rebuilt from the stored vectors if they differ (e.g. after a
+``kill -9`` in the middle of ``add``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from gritkit.model import Attention, GritLM
+from gritkit.rag.kv import Segment
+from gritkit.rag.kvstore import KVStore
+
+ChunkUnit = Literal["tokens", "chars"]
+QUERY_INSTRUCTION = "Given a question, retrieve passages that answer it"
+DEFAULT_KV_BUDGET = 4 * 1024**3
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (id TEXT PRIMARY KEY, metadata TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id TEXT NOT NULL REFERENCES documents(id),
+    position INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id);
+"""
+
+
+@dataclass
+class Passage:
+    """One retrieved chunk: ``id`` is ``"<doc_id>#<position>"``; ``score`` is the cosine similarity."""
+
+    id: str
+    doc_id: str
+    text: str
+    score: float
+    chunk_id: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_chunking(size: int, overlap: int, unit: str) -> None:
+    if size < 1 or not 0 <= overlap < size:
+        raise ValueError(f"need chunk size >= 1 and 0 <= overlap < size, got size={size}, overlap={overlap}")
+    if unit not in ("tokens", "chars"):
+        raise ValueError(f"chunk unit must be 'tokens' or 'chars', not {unit!r}")
+
+
+def chunk_text(text: str, tokenizer, size: int = 256, overlap: int = 32, unit: ChunkUnit = "tokens") -> list[str]:
+    """Split ``text`` into windows of ``size`` tokens (or characters) that overlap by ``overlap``.
+
+    Token windows are cut at the tokenizer's character offsets, so chunks are exact substrings.
+    """
+    _check_chunking(size, overlap, unit)
+    if unit == "chars":
+        starts = range(0, max(len(text) - overlap, 1), size - overlap)
+        return [text[start:start + size] for start in starts]
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= size:
+        return [text]
+    chunks = []
+    for start in range(0, len(offsets) - overlap, size - overlap):
+        window = offsets[start:start + size]
+        begin = 0 if start == 0 else window[0][0]
+        end = len(text) if start + size >= len(offsets) else offsets[start + size][0]
+        chunks.append(text[begin:end])
+    return chunks
+
+
+def _check_documents(documents: Sequence[dict]) -> list[tuple[str, str, dict]]:
+    checked, seen = [], set()
+    for position, document in enumerate(documents):
+        if not isinstance(document, dict) or "id" not in document or "text" not in document:
+            raise TypeError(f"documents[{position}] must be a dict with 'id' and 'text'")
+        doc_id, text = str(document["id"]), document["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"document {doc_id!r} has no text")
+        if doc_id in seen:
+            raise ValueError(f"document id {doc_id!r} appears twice in one add")
+        seen.add(doc_id)
+        checked.append((doc_id, text, {k: v for k, v in document.items() if k not in ("id", "text")}))
+    return checked
+
+
+class Index:
+    """Documents chunked, embedded with a GritLM and searched by cosine similarity; persistent on disk.
+
+    Example::
+
+        index = Index.open("./myindex", model)              # created if missing
+        index.add([{"id": "d1", "text": "..."}], cache_kv=True)
+        passages = index.search("a question", k=5)
+    """
+
+    def __init__(self, path: Path, model: GritLM | None, db: sqlite3.Connection, kv: KVStore,
+                 query_instruction: str):
+        self.path, self.model, self.db, self.kv = path, model, db, kv
+        self.query_instruction = query_instruction
+        self.vectors: faiss.IndexIDMap = self._load_vectors()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, model: GritLM | None = None, *,
+             query_instruction: str = QUERY_INSTRUCTION, kv_budget_bytes: int | None = DEFAULT_KV_BUDGET) -> Index:
+        """Open the index at ``path``, creating it if missing. Without a model only delete, stats and
+        search by vector work."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path / "index.sqlite", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        settings = dict(db.execute("SELECT key, value FROM settings"))
+        if model is not None:
+            if "dim" not in settings:
+                db.executemany("INSERT INTO settings VALUES (?, ?)",
+                               [("dim", str(model.embedding_dim)), ("model", model.name)])
+                settings = {"dim": str(model.embedding_dim), "model": model.name}
+            elif int(settings["dim"]) != model.embedding_dim:
+                db.close()
+                raise ValueError(f"{path} holds {settings['dim']}-d vectors from model {settings.get('model')!r}; "
+                                 f"the given model embeds in {model.embedding_dim} dimensions")
+            elif settings.get("model") != model.name:
+                warnings.warn(f"{path} was built with model {settings.get('model')!r}, searching it with "
+                              f"{model.name!r}", stacklevel=2)
+        index = cls(path, model, db, KVStore(path / "kv", kv_budget_bytes), query_instruction)
+        index._drop_orphan_kv()
+        return index
+
+    @property
+    def dim(self) -> int | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = 'dim'").fetchone()
+        return int(row[0]) if row else None
+
+    @property
+    def model_name(self) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = 'model'").fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------ faiss, derived from SQLite
+
+    def _faiss_path(self) -> Path:
+        return self.path / "vectors.faiss"
+
+    def _chunk_ids(self) -> np.ndarray:
+        return np.array([row[0] for row in self.db.execute("SELECT id FROM chunks ORDER BY id")], dtype=np.int64)
+
+    def _load_vectors(self) -> faiss.IndexIDMap:
+        expected = self._chunk_ids()
+        if self._faiss_path().exists():
+            try:
+                vectors = faiss.read_index(str(self._faiss_path()))
+                stored = np.sort(faiss.vector_to_array(vectors.id_map))
+                if np.array_equal(stored, expected) and (self.dim is None or vectors.d == self.dim):
+                    return vectors
+            except RuntimeError:  # unreadable file: rebuilt below
+                pass
+        return self._rebuild_vectors()
+
+    def _rebuild_vectors(self) -> faiss.IndexIDMap:
+        vectors = faiss.IndexIDMap(faiss.IndexFlatIP(self.dim or 1))
+        rows = self.db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
+        if rows:
+            ids = np.array([row[0] for row in rows], dtype=np.int64)
+            vectors.add_with_ids(np.stack([np.frombuffer(row[1], dtype=np.float32) for row in rows]), ids)
+        self.vectors = vectors
+        self._save_vectors()
+        return vectors
+
+    def _save_vectors(self) -> None:
+        temporary = self._faiss_path().with_suffix(".faiss.tmp")
+        faiss.write_index(self.vectors, str(temporary))
+        with open(temporary, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, self._faiss_path())
+
+    # ------------------------------------------------------------ writing
+
+    def _require_model(self) -> GritLM:
+        if self.model is None:
+            raise ValueError("this index was opened without a model; pass one to Index.open to embed text")
+        return self.model
+
+    def add(
+        self,
+        documents: Iterable[dict],
+        *,
+        chunk_size: int = 256,
+        chunk_overlap: int = 32,
+        chunk_unit: ChunkUnit = "tokens",
+        batch_size: int = 16,
+        cache_kv: bool = False,
+        show_progress_bar: bool = False,
+    ) -> int:
+        """Chunk, embed and store documents (dicts with ``id``, ``text`` and any metadata keys).
+
+        Re-adding an id replaces that document. Each batch of ``batch_size`` documents is one
+        transaction. With ``cache_kv`` the key/value states of each chunk's embedding pass are kept
+        for RAG caching. Returns the number of chunks written.
+        """
+        self._require_model()
+        checked = _check_documents(list(documents))
+        _check_chunking(chunk_size, chunk_overlap, chunk_unit)
+        written = 0
+        with tqdm(total=len(checked), desc="index add", unit="doc", disable=not show_progress_bar) as bar:
+            for start in range(0, len(checked), batch_size):
+                batch = checked[start:start + batch_size]
+                written += self._add_batch(batch, chunk_size, chunk_overlap, chunk_unit, cache_kv)
+                bar.update(len(batch))
+        self._save_vectors()
+        return written
+
+    def _add_batch(self, batch, chunk_size, chunk_overlap, chunk_unit, cache_kv) -> int:
+        model = self._require_model()
+        chunks = [(doc_id, position, piece) for doc_id, text, _ in batch
+                  for position, piece in enumerate(chunk_text(text, model.tokenizer, chunk_size, chunk_overlap, chunk_unit))]
+        texts = [piece for _, _, piece in chunks]
+        segments: list[Segment] = []
+        if cache_kv:  # one text per pass, so no padding enters a cache
+            vectors = []
+            for text in texts:
+                vector, cache, token_ids = model.embed_with_cache(text)
+                vectors.append(vector)
+                segments.append(Segment.from_cache(cache, len(token_ids)))
+            vectors = np.stack(vectors)
+        else:
+            vectors = model.encode(texts)
+        token_counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        doc_ids = [doc_id for doc_id, _, _ in batch]
+        marks = ",".join("?" * len(doc_ids))
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            old_ids = [row[0] for row in self.db.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", doc_ids)]
+            self.db.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", doc_ids)
+            self.db.executemany("INSERT OR REPLACE INTO documents (id, metadata) VALUES (?, ?)",
+                                [(doc_id, json.dumps(metadata)) for doc_id, _, metadata in batch])
+            new_ids = []
+            for (doc_id, position, text), tokens, vector in zip(chunks, token_counts, vectors):
+                cursor = self.db.execute(
+                    "INSERT INTO chunks (doc_id, position, text, tokens, vector) VALUES (?, ?, ?, ?, ?)",
+                    (doc_id, position, text, tokens, np.asarray(vector, dtype=np.float32).tobytes()))
+                new_ids.append(cursor.lastrowid)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        if old_ids:
+            self.vectors.remove_ids(np.array(old_ids, dtype=np.int64))
+            self.kv.delete([self._kv_key(i, a) for i in old_ids for a in ("bidirectional", "causal")])
+        self.vectors.add_with_ids(np.asarray(vectors, dtype=np.float32), np.array(new_ids, dtype=np.int64))
+        for chunk_id, segment in zip(new_ids, segments):
+            self.kv.put(self._kv_key(chunk_id, model.attention), segment)
+        return len(new_ids)
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        """Remove documents (and their chunks and caches); returns how many existed."""
+        doc_ids = [str(doc_id) for doc_id in doc_ids]
+        if not doc_ids:
+            return 0
+        marks = ",".join("?" * len(doc_ids))
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            old_ids = [row[0] for row in self.db.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", doc_ids)]
+            self.db.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", doc_ids)
+            removed = self.db.execute(f"DELETE FROM documents WHERE id IN ({marks})", doc_ids).rowcount
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        if old_ids:
+            self.vectors.remove_ids(np.array(old_ids, dtype=np.int64))
+            self.kv.delete([self._kv_key(i, a) for i in old_ids for a in ("bidirectional", "causal")])
+        self._save_vectors()
+        return removed
+
+    # ------------------------------------------------------------ reading
+
+    def search(self, query: str | np.ndarray, k: int = 5) -> list[Passage]:
+        """The ``k`` chunks closest to a query text (embedded with ``query_instruction``) or vector."""
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if isinstance(query, str):
+            query = self._require_model().encode(query, instruction=self.query_instruction)
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if self.vectors.ntotal == 0:
+            return []
+        if query.shape[1] != self.vectors.d:
+            raise ValueError(f"query vector has {query.shape[1]} dimensions, the index {self.vectors.d}")
+        scores, ids = self.vectors.search(query, k)
+        hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        return [self._passage(chunk_id, score) for chunk_id, score in hits]
+
+    def _passage(self, chunk_id: int, score: float) -> Passage:
+        doc_id, position, text, metadata = self.db.execute(
+            "SELECT c.doc_id, c.position, c.text, d.metadata FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            "WHERE c.id = ?", (chunk_id,)).fetchone()
+        return Passage(f"{doc_id}#{position}", doc_id, text, score, chunk_id, json.loads(metadata))
+
+    def document_ids(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT id FROM documents ORDER BY rowid")]
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+
+    def __contains__(self, doc_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM documents WHERE id = ?", (str(doc_id),)).fetchone() is not None
+
+    def stats(self) -> dict[str, Any]:
+        documents, = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()
+        chunks, tokens = self.db.execute("SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM chunks").fetchone()
+        kv = self.kv.stats()
+        return {"path": str(self.path), "model": self.model_name, "dim": self.dim, "documents": documents,
+                "chunks": chunks, "tokens": tokens, "vectors": self.vectors.ntotal,
+                "search": "exact (faiss IndexFlatIP)",
+                "kv_entries": kv["entries"], "kv_bytes": kv["bytes"], "kv_bytes_per_token": kv["bytes_per_token"],
+                "kv_budget_bytes": kv["budget_bytes"]}
+
+    # ------------------------------------------------------------ key/value caches
+
+    @staticmethod
+    def _kv_key(chunk_id: int, attention: Attention) -> str:
+        return f"{chunk_id}-{attention}"
+
+    def _drop_orphan_kv(self) -> None:
+        live = {str(i) for i in self._chunk_ids()}
+        self.kv.delete([key for key in self.kv.keys() if key.split("-")[0] not in live])
+
+    def kv_segment(self, passage: Passage, model: GritLM | None = None, *,
+                   attention: Attention | None = None) -> tuple[Segment, bool]:
+        """The key/value segment of a passage's embedding pass: from the store, else computed (with
+        ``model``, default the index's) and stored. Returns the segment and whether it was computed now.
+        """
+        model = model or self._require_model()
+        attention = attention or model.attention
+        key = self._kv_key(passage.chunk_id, attention)
+        segment = self.kv.get(key)
+        if segment is not None:
+            return segment, False
+        _, cache, token_ids = model.embed_with_cache(passage.text, attention=attention)
+        segment = Segment.from_cache(cache, len(token_ids))
+        self.kv.put(key, segment)
+        return segment, True
+
+    def close(self) -> None:
+        self.kv.close()
+        self.db.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,179 @@
+"""Retrieval-augmented generation with GRIT's key/value caching.
+
+One model embeds and generates, so the key/value states computed while embedding a passage
+(at index time) or the question (at retrieval time) can be the prefix of generation instead of
+running those tokens through the model again. Five modes (the paper's Table 7):
+
+* ``none``: classic RAG, question and passages in one user turn run from scratch
+  (``order="query_first"`` or ``"doc_first"``); ``k=0`` answers without retrieval;
+* ``query``: the question's cache from the retrieval pass is the prefix, passages then run;
+* ``doc``: the passages' caches from the index are the prefix, the question then runs;
+* ``query_doc`` / ``doc_query``: both cached, concatenated in that order.
+
+Every cached segment was computed alone from position 0 (bidirectionally, as embedded); segments
+after the first are re-positioned by rotating their keys (``gritkit.rag.kv.build_cache``).
+The prompt texts follow the official GritLM RAG code; the user/assistant markers come from the
+model's own chat format (``GritLM.chat_prompt``). See docs/rag.md for the exact layout.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from gritkit.model import GritLM, grit_chat_prompt
+from gritkit.rag.index import Index, Passage
+from gritkit.rag.kv import Segment, build_cache
+
+CacheMode = Literal["none", "query", "doc", "query_doc", "doc_query"]
+Order = Literal["query_first", "doc_first"]
+CACHE_MODES: tuple[str, ...] = ("none", "query", "doc", "query_doc", "doc_query")
+
+# Instructions from the official GritLM RAG prompts (rag/eval.py), chosen by which text comes first.
+QUERY_FIRST_INSTRUCTION = "Optionally using the prior context answer the query prior to it"
+DOC_FIRST_INSTRUCTION = "Answer the prior query while optionally using the context prior to it"
+
+
+@dataclass
+class Answer:
+    """A generated answer with the passages it used and seconds per stage.
+
+    ``timings`` has ``retrieve``, ``prefill`` (building the prefix cache and running the prompt),
+    ``generate`` and ``total``; ``cache_build`` too when a passage cache had to be computed now
+    (it is part of ``total``; a cache stored at index time costs nothing here).
+    """
+
+    text: str
+    passages: list[Passage]
+    timings: dict[str, float]
+    cache: CacheMode
+    order: Order
+    cached_tokens: int = 0
+    prompt_tokens: int = 0
+
+
+class RAG:
+    """Answer questions over an :class:`Index` with one GritLM, reusing embedding caches.
+
+    Example::
+
+        rag = RAG(model, Index.open("./myindex", model))
+        answer = rag.answer("Who wrote Hamlet?", cache="doc", k=1)
+        print(answer.text, answer.passages[0].score, answer.timings["total"])
+    """
+
+    def __init__(self, model: GritLM, index: Index, *, answer_prefix: str = ""):
+        self.model = model
+        self.index = index
+        self.answer_prefix = answer_prefix
+
+    # ------------------------------------------------------------ prompts
+
+    def user_turn(self, content: str, *, after_cache: bool) -> str:
+        """A user turn in the model's chat format, ending where the assistant's reply begins.
+
+        As the first text it is the whole chat prompt (system preamble included). After cached
+        segments the conversation has already begun, so it is the turn as the template renders a
+        follow-up message: no start-of-sequence token, no second preamble, and a newline first,
+        as in GritLM's ``<|embed|>\n{doc}\n<|user|>\n...`` layout.
+        """
+        message = {"role": "user", "content": content}
+        if not after_cache:
+            return self.model.chat_prompt([message]) + self.answer_prefix
+        tokenizer = self.model.tokenizer
+        if not tokenizer.chat_template:
+            return "\n" + grit_chat_prompt([message]) + self.answer_prefix
+        history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        before = tokenizer.apply_chat_template(history, tokenize=False)
+        full = tokenizer.apply_chat_template([*history, message], add_generation_prompt=True, tokenize=False)
+        if not full.startswith(before):
+            raise ValueError("the model's chat template does not render a follow-up turn as a suffix of the "
+                             "conversation, so it cannot continue after cached segments")
+        return "\n" + full[len(before):] + self.answer_prefix
+
+    def prompt_after_cache(self, question: str, passages: list[Passage], cache: CacheMode = "none",
+                           order: Order = "query_first") -> str:
+        """The text run through the model after the cached segments (the whole prompt for ``none``)."""
+        documents = "\n\n".join(passage.text for passage in passages)
+        if cache == "none":
+            if not passages:
+                return self.user_turn(question, after_cache=False)
+            if order == "query_first":
+                return self.user_turn(f"{question}\n\n{documents}\n\n{QUERY_FIRST_INSTRUCTION}", after_cache=False)
+            return self.user_turn(f"{documents}\n\n{question}\n\n{DOC_FIRST_INSTRUCTION}", after_cache=False)
+        content = {
+            "query": f"{documents}\n\n{QUERY_FIRST_INSTRUCTION}",
+            "doc": f"{question}\n\n{DOC_FIRST_INSTRUCTION}",
+            "query_doc": QUERY_FIRST_INSTRUCTION,
+            "doc_query": DOC_FIRST_INSTRUCTION,
+        }[cache]
+        return self.user_turn(content, after_cache=True)
+
+    # ------------------------------------------------------------ answering
+
+    def answer(
+        self,
+        question: str,
+        *,
+        cache: CacheMode = "none",
+        k: int = 1,
+        max_new_tokens: int = 16,
+        order: Order = "query_first",
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Answer:
+        """Retrieve ``k`` passages for ``question`` and generate an answer using the ``cache`` mode.
+
+        ``order`` applies to ``cache="none"`` only; ``k=0`` (with ``cache="none"``) skips retrieval.
+        """
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
+        if order not in ("query_first", "doc_first"):
+            raise ValueError(f"order must be 'query_first' or 'doc_first', not {order!r}")
+        if k < 0 or (k == 0 and cache != "none"):
+            raise ValueError("k must be >= 1 (k=0, no retrieval, works with cache='none' only)")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question is empty")
+        model, timings = self.model, {}
+        start = time.perf_counter()
+
+        query_segment, passages = None, []
+        if k:
+            if cache in ("query", "query_doc", "doc_query"):
+                vector, query_cache, token_ids = model.embed_with_cache(question, self.index.query_instruction)
+                query_segment = Segment.from_cache(query_cache, len(token_ids))
+            else:
+                vector = model.encode(question, instruction=self.index.query_instruction)
+            passages = self.index.search(vector, k)
+            if not passages:
+                raise ValueError(f"the index at {self.index.path} is empty: add documents first")
+        timings["retrieve"] = time.perf_counter() - start
+
+        prefill_start = time.perf_counter()
+        doc_segments, build_seconds = [], 0.0
+        if cache in ("doc", "query_doc", "doc_query"):
+            for passage in passages:
+                fetch_start = time.perf_counter()
+                segment, built = self.index.kv_segment(passage, model)
+                build_seconds += (time.perf_counter() - fetch_start) if built else 0.0
+                doc_segments.append(segment)
+        segments = {"none": [], "query": [query_segment], "doc": doc_segments,
+                    "query_doc": [query_segment, *doc_segments], "doc_query": [*doc_segments, query_segment]}[cache]
+        prompt_ids = model.tokenizer(self.prompt_after_cache(question, passages, cache, order),
+                                     add_special_tokens=False)["input_ids"]
+        prefix = build_cache(model, segments) if segments else None
+        # Everything but the last prompt token is prefilled here; the last one starts generation.
+        past = model.prefill(prompt_ids[:-1], prefix)[0] if len(prompt_ids) > 1 else prefix
+        timings["prefill"] = time.perf_counter() - prefill_start - build_seconds
+        if build_seconds:
+            timings["cache_build"] = build_seconds
+
+        generate_start = time.perf_counter()
+        text = "".join(model.stream_text(prompt_ids[-1:], past_key_values=past, max_new_tokens=max_new_tokens,
+                                         temperature=temperature, seed=seed))
+        timings["generate"] = time.perf_counter() - generate_start
+        timings["total"] = time.perf_counter() - start
+        cached_tokens = sum(segment.length for segment in segments)
+        return Answer(text=text.strip(), passages=passages, timings=timings, cache=cache, order=order,
+                      cached_tokens=cached_tokens, prompt_tokens=cached_tokens + len(prompt_ids))
