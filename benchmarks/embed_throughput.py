@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch

@@ -41,13 +41,15 @@ def main() -> None:
         index.add(DOCUMENTS, cache_kv=True)
         console.print(f"[bold]indexed[/] with KV caches in {time.perf_counter() - start:.2f} s")
         rag = RAG(model, index)
-        table = Table("question", "top passage", "cache", "answer", "retrieve s", "prefill s", "generate s", "total s")
-        for question in QUESTIONS:
+        table = Table("question", "cache", "retrieve s", "prefill s", "generate s", "total s")
+        for number, question in enumerate(QUESTIONS, start=1):
+            console.print(f"\n[bold]Q{number}[/] {question}")
             for cache in ("none", "doc"):
                 answer = rag.answer(question, cache=cache, k=1, max_new_tokens=24)
+                top = answer.passages[0]
+                console.print(f"  cache={cache:<4} top passage {top.doc_id} ({top.score:.3f}) -> {answer.text.strip()!r}")
                 t = answer.timings
-                table.add_row(question, answer.passages[0].id, cache, answer.text.strip(), f"{t['retrieve']:.3f}",
-                              f"{t['prefill']:.3f}", f"{t['generate']:.3f}", f"{t['total']:.3f}")
+                table.add_row(f"Q{number}", cache, *(f"{t[stage]:.3f}" for stage in ("retrieve", "prefill", "generate", "total")))
         console.print(table)
         index.close()
 

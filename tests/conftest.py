@@ -9,8 +9,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread for the tests and the servers/CLIs they start: on 2 cores shared with those
+# subprocesses, a second spinning thread makes small matmuls many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from gritkit import GritLM  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Tiny randomly initialised configs, built in code; they share the default model's tokenizer.
 TINY_COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from gritkit.cli import app
@@ -14,13 +13,6 @@ from gritkit.eval.tasks import sts
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On 2 shared cores under load, two intra-op threads wait on each other: one is several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_cli_eval_and_report(tmp_path):

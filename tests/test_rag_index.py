@@ -20,13 +20,6 @@ from gritkit.rag import Index, KVStore, Segment, chunk_text
 from gritkit.rag.commands import parse_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared CPU, spinning thread pools make these small models far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 DOCS = [
     {"id": "paris", "text": "Paris is the capital and largest city of France.", "title": "Paris"},
