@@ -15,6 +15,7 @@ against the chunk ids in SQLite and rebuilt from the stored vectors if they diff
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -249,12 +250,8 @@ class Index:
         else:
             vectors = model.encode(texts)
         token_counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        doc_ids = [doc_id for doc_id, _, _ in batch]
-        marks = ",".join("?" * len(doc_ids))
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            old_ids = [row[0] for row in self.db.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", doc_ids)]
-            self.db.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", doc_ids)
+        with self._transaction():
+            old_ids = self._delete_chunks([doc_id for doc_id, _, _ in batch])
             self.db.executemany("INSERT OR REPLACE INTO documents (id, metadata) VALUES (?, ?)",
                                 [(doc_id, json.dumps(metadata)) for doc_id, _, metadata in batch])
             new_ids = []
@@ -263,36 +260,46 @@ class Index:
                     "INSERT INTO chunks (doc_id, position, text, tokens, vector) VALUES (?, ?, ?, ?, ?)",
                     (doc_id, position, text, tokens, np.asarray(vector, dtype=np.float32).tobytes()))
                 new_ids.append(cursor.lastrowid)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        if old_ids:
-            self.vectors.remove_ids(np.array(old_ids, dtype=np.int64))
-            self.kv.delete([self._kv_key(i, a) for i in old_ids for a in ("bidirectional", "causal")])
+        self._forget_chunks(old_ids)
         self.vectors.add_with_ids(np.asarray(vectors, dtype=np.float32), np.array(new_ids, dtype=np.int64))
         for chunk_id, segment in zip(new_ids, segments):
             self.kv.put(self._kv_key(chunk_id, model.attention), segment)
         return len(new_ids)
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One SQLite write transaction: committed whole or rolled back (SQLite is the source of truth)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _delete_chunks(self, doc_ids: Sequence[str]) -> list[int]:
+        """Delete the documents' chunk rows (inside a transaction); returns their ids."""
+        marks = ",".join("?" * len(doc_ids))
+        old_ids = [row[0] for row in self.db.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", doc_ids)]
+        self.db.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", doc_ids)
+        return old_ids
+
+    def _forget_chunks(self, chunk_ids: list[int]) -> None:
+        """Drop committed-away chunks from the vector index and the KV store."""
+        if chunk_ids:
+            self.vectors.remove_ids(np.array(chunk_ids, dtype=np.int64))
+            self.kv.delete([self._kv_key(i, a) for i in chunk_ids for a in ("bidirectional", "causal")])
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (and their chunks and caches); returns how many existed."""
         doc_ids = [str(doc_id) for doc_id in doc_ids]
         if not doc_ids:
             return 0
-        marks = ",".join("?" * len(doc_ids))
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            old_ids = [row[0] for row in self.db.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", doc_ids)]
-            self.db.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", doc_ids)
+        with self._transaction():
+            old_ids = self._delete_chunks(doc_ids)
+            marks = ",".join("?" * len(doc_ids))
             removed = self.db.execute(f"DELETE FROM documents WHERE id IN ({marks})", doc_ids).rowcount
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        if old_ids:
-            self.vectors.remove_ids(np.array(old_ids, dtype=np.int64))
-            self.kv.delete([self._kv_key(i, a) for i in old_ids for a in ("bidirectional", "causal")])
+        self._forget_chunks(old_ids)
         self._save_vectors()
         return removed
 
