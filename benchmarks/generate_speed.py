@@ -74,9 +74,11 @@ def main() -> None:
 
     model = GritLM.from_pretrained()
     ids = model.prompt_ids(PROMPT)
+    int8 = GritLM.from_pretrained(quantize="int8")
     systems = {
         "gritkit generate": lambda: gritkit_decode(model, ids, args.new_tokens),
         "transformers generate": lambda: transformers_decode(model, ids, args.new_tokens),
+        "gritkit generate, quantize='int8'": lambda: gritkit_decode(int8, ids, args.new_tokens),
     }
     measured = {name: best_of(run, args.repeats) for name, run in systems.items()}
     if (llama := llama_cpp_seconds(ids, args.new_tokens, torch.get_num_threads(), args.repeats)) is not None:

@@ -168,3 +168,15 @@ def test_concurrent_first_loads_share_one_valid_cache(tmp_path):
     assert len(converted) == 1 and not converted[0].name.startswith(".")
     model = GritLM.from_pretrained(str(converted[0]))
     assert model.encode("cache works").shape == (model.embedding_dim,)
+
+
+def test_int8_quantised_model_still_embeds_and_answers(default_model):
+    """int8 is a decoding-speed option: answers survive; embeddings move (cosine 0.85-0.92 to fp32 measured)."""
+    quantised = GritLM.from_pretrained(quantize="int8")
+    texts = ["The cat sits on the mat.", "Stock markets fell sharply today."]
+    cosine = (quantised.encode(texts) * default_model.encode(texts)).sum(1)
+    assert cosine.min() > 0.8
+    answer = quantised.generate([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=16)
+    assert "Paris" in answer
+    with pytest.raises(ValueError, match="int8"):
+        GritLM.from_pretrained(quantize="int4")
