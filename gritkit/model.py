@@ -139,9 +139,11 @@ class GritLM:
         """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        if quantize is not None:
+            _check_quantize(quantize, device)  # before loading: a bad option should not cost a model load
         model, tokenizer = loading.load(spec, dtype=dtype, device=device)
         if quantize is not None:
-            model = _quantize(model, quantize, device)
+            model = _quantize_int8(model)
         return cls(model, tokenizer, attention=attention, pooling=pooling, max_length=max_length,
                    name=str(spec or loading.DEFAULT_SPEC))
 
@@ -402,11 +404,14 @@ class GritLM:
         return embedding[0].cpu().numpy(), output.past_key_values, batch.input_ids[0].tolist()
 
 
-def _quantize(model: PreTrainedModel, quantize: str, device: str) -> PreTrainedModel:
+def _check_quantize(quantize: str, device: str) -> None:
     if quantize != "int8":
         raise ValueError(f"quantize must be 'int8' or None, not {quantize!r}")
     if not device.startswith("cpu"):
         raise ValueError("quantize='int8' is for CPU inference; on GPU use dtype=torch.bfloat16")
+
+
+def _quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
     with warnings.catch_warnings():  # torch.ao's eager API is deprecated in favour of torchao, yet works in 2.13
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)

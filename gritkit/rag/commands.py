@@ -73,17 +73,12 @@ def _stored_model(index_dir: Path) -> str | None:
 
 
 def _open(index_dir: Path, model_spec: str | None, *, need_model: bool, must_exist: bool = True, **kwargs):
-    from gritkit import GritLM, ModelLoadError
+    from gritkit.cli import load_model
     from gritkit.rag import Index
 
     if must_exist and not (index_dir / "index.sqlite").exists():
         raise _fail(f"no index at {index_dir} (create one with: gritkit index add FILES --index {index_dir})")
-    model = None
-    if need_model:
-        try:
-            model = GritLM.from_pretrained(model_spec or _stored_model(index_dir) or "default")
-        except ModelLoadError as error:
-            raise _fail(str(error)) from error
+    model = load_model(model_spec or _stored_model(index_dir) or "default") if need_model else None
     try:
         return Index.open(index_dir, model, **kwargs)
     except ValueError as error:

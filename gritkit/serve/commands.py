@@ -34,7 +34,7 @@ def serve(
     """Serve embeddings, chat and completions over the OpenAI API (base URL http://HOST:PORT/v1)."""
     import uvicorn
 
-    from gritkit import GritLM, ModelLoadError
+    from gritkit.cli import load_model
     from gritkit.serve.app import create_app
 
     if not api_key and not _is_loopback(host):
@@ -44,11 +44,7 @@ def serve(
         typer.secho(f"error: --index {index} is not a directory (build one with gritkit.rag first)",
                     fg="red", err=True)
         raise typer.Exit(2)
-    try:
-        grit = GritLM.from_pretrained(model)
-    except ModelLoadError as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    grit = load_model(model)
     try:
         app = create_app(grit, api_key=api_key, model_id=model_id, max_batch_size=max_batch_size,
                          batch_window_ms=batch_window_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
