@@ -96,3 +96,20 @@ def test_pass_at_k():
     assert metrics.pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert metrics.pass_at_k(5, 5, 1) == 1.0
     assert metrics.pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
+
+
+def test_wilson_interval_matches_scipy_and_stays_in_range():
+    from scipy.stats import binomtest
+
+    reference = binomtest(29, 100).proportion_ci(method="wilson")
+    assert metrics.wilson_interval(29, 100) == pytest.approx((reference.low, reference.high), abs=1e-5)
+    assert metrics.wilson_interval(0, 20)[0] == 0.0 and 0.0 < metrics.wilson_interval(0, 20)[1] < 0.2
+    with pytest.raises(ValueError):
+        metrics.wilson_interval(0, 0)
+
+
+def test_bootstrap_perplexity_interval_brackets_the_estimate():
+    nlls, tokens = [10.0, 30.0, 20.0, 5.0, 40.0], [10, 10, 10, 10, 10]
+    low, high = metrics.bootstrap_perplexity_interval(nlls, tokens)
+    assert low < math.exp(sum(nlls) / sum(tokens)) < high
+    assert metrics.bootstrap_perplexity_interval([10.0] * 5, tokens) == pytest.approx((math.e, math.e))

@@ -223,8 +223,12 @@ def test_runner_saves_records_and_report_renders(tmp_path, monkeypatch):
     assert saved[0]["model"] == "bag-of-words" and saved[0]["value"] == pytest.approx(1.0) and saved[0]["limit"] == 3
     other = tmp_path / "other.json"
     result.save_records([result.Record("st:x", "toy_sts", "spearman", 0.5, 3, 1.0, "abc"),
-                         result.Record("st:x", "perplexity", "perplexity", 12.345, 2, 1.0, "abc")], other)
+                         result.Record("st:x", "perplexity", "perplexity", 12.345, 2, 1.0, "abc"),
+                         result.Record("st:x", "mmlu", "accuracy", 0.29, 100, 1.0, "abc")], other)
     text = report.write_report([output, other], tmp_path / "report")
     assert "| toy_sts | spearman | 3 | 100.0 | 50.0 |" in text and "| perplexity | perplexity | 2 | – | 12.35 |" in text
+    assert "| **embedding average** | | | 100.0 | 50.0 |" in text
+    assert "| mmlu | accuracy | 100 | – | 29.0 [21.0, 38.5] |" in text  # proportions get a Wilson interval
+    assert "| **generative average** | | | – | 29.0 |" in text  # perplexity is not averaged; missing tasks give –
     png = (tmp_path / "report" / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and (tmp_path / "report" / "report.md").read_text() == text

@@ -88,6 +88,27 @@ def v_measure(predicted: Sequence, gold: Sequence) -> float:
     return float(v_measure_score(gold, predicted))
 
 
+# ---------------------------------------------------------------- confidence intervals
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound near 0 and 1, unlike the normal one)."""
+    if n < 1:
+        raise ValueError("wilson_interval needs n >= 1")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_perplexity_interval(nlls: Sequence[float], tokens: Sequence[int], resamples: int = 1000,
+                                  seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of exp(sum nll / sum tokens), resampling whole examples."""
+    nlls, tokens = np.asarray(nlls, dtype=float), np.asarray(tokens, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(nlls), size=(resamples, len(nlls)))
+    values = np.exp(nlls[picks].sum(axis=1) / tokens[picks].sum(axis=1))
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
 # ---------------------------------------------------------------- generated text
 
 _PUNCTUATION = set(string.punctuation)
