@@ -107,7 +107,7 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str) -> tuple[PreTraine
     return model.to(device), tokenizer
 
 
-def _load_adapter_dir(path: Path, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_adapter_dir(path: Path, dtype: torch.dtype, device: str, merge: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from peft import PeftModel
 
     adapter_config = json.loads((path / "adapter_config.json").read_text())
@@ -121,15 +121,18 @@ def _load_adapter_dir(path: Path, dtype: torch.dtype, device: str) -> tuple[PreT
     if (path / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)
     model = PeftModel.from_pretrained(model, path).to(device)
-    return model, tokenizer
+    # merged: plain linear layers again, as fast as the base; unmerged: the adapter can be trained on
+    return (model.merge_and_unload() if merge else model), tokenizer
 
 
-def load(spec: str | os.PathLike | None, *, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a (model, tokenizer) pair for ``spec`` (see the module docstring)."""
+def load(spec: str | os.PathLike | None, *, dtype: torch.dtype, device: str,
+         merge_adapter: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a (model, tokenizer) pair for ``spec`` (see the module docstring); ``merge_adapter=False``
+    keeps a PEFT adapter as a ``PeftModel`` (to train it further)."""
     spec = DEFAULT_SPEC if spec is None else str(spec)
     if spec == DEFAULT_SPEC:
         if (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
-            return _load_adapter_dir(SHIPPED_ADAPTER_DIR, dtype, device)
+            return _load_adapter_dir(SHIPPED_ADAPTER_DIR, dtype, device, merge_adapter)
         spec = BASE_SPEC
     if spec == BASE_SPEC:
         return _load_hf_dir(convert_gguf(default_gguf_path()), dtype, device)
@@ -137,7 +140,7 @@ def load(spec: str | os.PathLike | None, *, dtype: torch.dtype, device: str) -> 
     if path.is_file() and path.suffix == ".gguf":
         return _load_hf_dir(convert_gguf(path), dtype, device)
     if (path / "adapter_config.json").is_file():
-        return _load_adapter_dir(path, dtype, device)
+        return _load_adapter_dir(path, dtype, device, merge_adapter)
     if (path / "config.json").is_file():
         return _load_hf_dir(path, dtype, device)
     if path.exists():

@@ -129,6 +129,7 @@ class GritLM:
         pooling: Pooling = "mean",
         max_length: int | None = None,
         quantize: Quantize | None = None,
+        merge_adapter: bool = True,
     ) -> GritLM:
         """Load a model offline from ``spec``: ``"default"``, ``"smollm2-base"``, a .gguf file,
         a model directory or a PEFT adapter directory. bf16 on GPU, fp32 on CPU.
@@ -136,12 +137,13 @@ class GritLM:
         ``quantize="int8"`` (CPU, inference only) stores linear weights as int8 with dynamic
         activation quantisation: decoding reads 4x fewer bytes per token, so it runs ~3x faster;
         embeddings move with it (cosine ~0.9 to fp32 on the default), so index with one setting.
+        A PEFT adapter (the default model is one) is merged into the weights unless ``merge_adapter=False``.
         """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         if quantize is not None:
             _check_quantize(quantize, device)  # before loading: a bad option should not cost a model load
-        model, tokenizer = loading.load(spec, dtype=dtype, device=device)
+        model, tokenizer = loading.load(spec, dtype=dtype, device=device, merge_adapter=merge_adapter)
         if quantize is not None:
             model = _quantize_int8(model)
         return cls(model, tokenizer, attention=attention, pooling=pooling, max_length=max_length,

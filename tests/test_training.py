@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gritkit import GritLM
+from gritkit.cli import app
 from gritkit.paths import data_dir
 from gritkit.training import DataError, TrainingConfig, gradcache_backward, info_nce_loss, next_token_loss, train
 from gritkit.training.data import (IGNORE_INDEX, BatchPlan, GenerativeExample, read_embedding_data,
@@ -247,12 +248,36 @@ def test_output_dir_loads_with_config_metrics_and_adapter(uninterrupted):
     logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [1, 2, 3, 4] and logged[-1]["loss"] == history[-1]["loss"]
     assert {"loss_embedding", "loss_generative", "examples_per_s", "lr"} <= logged[0].keys()
-    trained, base = GritLM.from_pretrained(output_dir), GritLM.from_pretrained(config.model)
+    trained, base = GritLM.from_pretrained(output_dir, merge_adapter=False), GritLM.from_pretrained(config.model)
     assert type(trained.model).__name__.startswith("Peft")
     texts = ["question 1 about cats", "car part number 2"]
     assert not np.allclose(trained.encode(texts), base.encode(texts), atol=1e-4)  # the adapter changed the model
+    np.testing.assert_allclose(GritLM.from_pretrained(output_dir).encode(texts), trained.encode(texts), atol=1e-5)
     with pytest.raises(FileExistsError, match="previous run"):  # never silently overwritten
         train(config)
+
+
+def test_export_adapter_ships_a_half_precision_copy_that_loads_alike(uninterrupted, tmp_path):
+    config, _ = uninterrupted
+    results = tmp_path / "eval.json"
+    results.write_text(json.dumps([{"model": "x", "task": "stsb", "metric": "spearman", "value": 0.5, "n": 10}]))
+    destination = tmp_path / "adapters" / "tiny"
+    runner = CliRunner()
+    cli = runner.invoke(app, ["export-adapter", config.output_dir, str(destination), "--results", str(results)])
+    assert cli.exit_code == 0, cli.output
+    assert sorted(p.name for p in destination.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                              "eval.json", "metrics.jsonl", "training_config.yaml"]
+    assert "| stsb | spearman | 10 | 50.0 |" in (destination / "README.md").read_text()
+    full = (Path(config.output_dir) / "adapter_model.safetensors").stat().st_size
+    assert (destination / "adapter_model.safetensors").stat().st_size < 0.6 * full
+    texts = ["question 1 about cats", "car part number 2"]
+    np.testing.assert_allclose(GritLM.from_pretrained(destination).encode(texts),
+                               GritLM.from_pretrained(config.output_dir).encode(texts), atol=2e-3)
+    assert runner.invoke(app, ["export-adapter", str(tmp_path / "nothing"), str(tmp_path / "out")]).exit_code == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert runner.invoke(app, ["export-adapter", config.output_dir, str(destination), "--results", str(bad)]).exit_code == 2
+    assert (destination / "eval.json").is_file()  # a failed export keeps the previous one
 
 
 def test_embedding_only_full_finetuning_saves_a_model_dir(tiny_dir, data, tmp_path):
@@ -265,8 +290,6 @@ def test_embedding_only_full_finetuning_saves_a_model_dir(tiny_dir, data, tmp_pa
 
 
 def test_malformed_data_stops_the_cli_before_anything_is_written(tiny_dir, data, tmp_path):
-    from gritkit.cli import app
-
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"query": "q", "positive": "p"}, {"query": "q", "positive": "p"},
                                                {"query": "q", "positive": 5}])
     output_dir = tmp_path / "never"
@@ -278,8 +301,6 @@ def test_malformed_data_stops_the_cli_before_anything_is_written(tiny_dir, data,
 
 
 def test_cli_flags_override_the_yaml(tiny_dir, data, tmp_path):
-    from gritkit.cli import app
-
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump({"model": str(tiny_dir), "mode": "generative", "generative_data": [str(data["gen"])],
                                            "max_steps": 50, "output_dir": str(tmp_path / "out")}))

@@ -1,4 +1,5 @@
-"""CLI: ``gritkit train [config.yaml] [--option value ...] [--resume]`` and ``gritkit data build OUTPUT``."""
+"""CLI: ``gritkit train [config.yaml] [--option value ...] [--resume]``, ``gritkit data build OUTPUT``
+and ``gritkit export-adapter RUN_DIR DESTINATION``."""
 
 from __future__ import annotations
 
@@ -105,8 +106,30 @@ def build_command(
     typer.echo(f"wrote {output_dir}/embedding and {output_dir}/generative", err=True)
 
 
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A training output_dir holding a LoRA adapter")],
+    destination: Annotated[Path, typer.Argument(help="Folder to write (replaced), e.g. gritkit/adapters/gritsmol")],
+    results: Annotated[Optional[list[Path]], typer.Option("--results", help="gritkit eval JSON to ship beside it (repeatable)")] = None,
+    full_precision: Annotated[bool, typer.Option("--fp32", help="Keep fp32 weights (default: fp16, half the size)")] = False,
+) -> None:
+    """Package a trained adapter to ship: fp16 weights, training config, loss log, eval results, model card."""
+    import torch
+
+    from gritkit.training.export import export_adapter
+
+    try:
+        folder = export_adapter(run_dir, destination, results=results or [],
+                                dtype=torch.float32 if full_precision else torch.float16)
+    except (OSError, ValueError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    size = sum(path.stat().st_size for path in folder.iterdir())
+    typer.echo(f"wrote {folder} ({size / 1e6:.1f} MB)")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
     data = typer.Typer(help="Training data: build a GRIT training mix from the shared data sets.", no_args_is_help=True)
     data.command("build")(build_command)
     app.add_typer(data, name="data")
+    app.command("export-adapter")(export_command)

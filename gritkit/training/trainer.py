@@ -63,7 +63,8 @@ def load_for_training(config: TrainingConfig, device: torch.device | str) -> tup
     """The model with LoRA (or all weights) trainable, and the base spec a saved adapter points to."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    grit = GritLM.from_pretrained(config.model, device=str(device), dtype=torch.float32, pooling=config.pooling)
+    grit = GritLM.from_pretrained(config.model, device=str(device), dtype=torch.float32, pooling=config.pooling,
+                                  merge_adapter=False)
     base_spec = _adapter_base_spec(config.model)
     if isinstance(grit.model, PeftModel) and not config.lora:
         grit.model = grit.model.merge_and_unload()

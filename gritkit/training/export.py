@@ -1,0 +1,71 @@
+"""Turn a training run into a folder fit to ship: the adapter (in half precision), how it was trained,
+how it scored, and a model card. ``gritkit export-adapter runs/gritsmol-unified gritkit/adapters/gritsmol``.
+
+The result is a PEFT adapter directory, so ``GritLM.from_pretrained(folder)`` loads it like the run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+COPIED_FILES = ("adapter_config.json", "training_config.yaml", "metrics.jsonl")
+
+
+def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Sequence[str | Path] = (),
+                   dtype: torch.dtype = torch.float16, title: str = "gritkit GRIT adapter") -> Path:
+    """Write ``destination`` from the adapter in ``run_dir``, replacing any older export.
+
+    ``results``: ``gritkit eval`` JSON files, merged into ``eval.json`` and tabled in the card.
+    Built in a sibling staging folder and swapped in at the end, so a failure keeps the old export.
+    """
+    run_dir, destination = Path(run_dir), Path(destination)
+    if not (run_dir / "adapter_config.json").is_file() or not (run_dir / ADAPTER_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no PEFT adapter ({ADAPTER_WEIGHTS} and adapter_config.json)")
+    records = [row for path in results for row in _read_records(Path(path))]
+    staging = destination.with_name(destination.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in COPIED_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, staging / name)
+    weights = {key: tensor.to(dtype).contiguous() for key, tensor in load_file(run_dir / ADAPTER_WEIGHTS).items()}
+    save_file(weights, staging / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    if records:
+        (staging / "eval.json").write_text(json.dumps(records, indent=1) + "\n")
+    (staging / "README.md").write_text(model_card(title, json.loads((run_dir / "adapter_config.json").read_text()),
+                                                  sum(t.numel() for t in weights.values()), records))
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    return destination
+
+
+def _read_records(path: Path) -> list[dict]:
+    rows = json.loads(path.read_text())
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and {"task", "metric", "value"} <= set(row) for row in rows):
+        raise ValueError(f"{path}: not a gritkit eval results file (a JSON list of task records)")
+    return rows
+
+
+def model_card(title: str, adapter_config: dict, parameters: int, records: list[dict]) -> str:
+    """A short Markdown card: what the adapter is, how to load it, how it was trained and scored."""
+    lines = [f"# {title}", "",
+             (f"LoRA adapter (r={adapter_config.get('r')}, alpha={adapter_config.get('lora_alpha')}, "
+              f"{parameters / 1e6:.1f}M parameters) on `{adapter_config.get('base_model_name_or_path')}`, "
+              "trained with gritkit's GRIT objective (contrastive + next-token)."), "",
+             "```python", "from gritkit import GritLM", "model = GritLM.from_pretrained(\"path/to/this/folder\")  # the shipped one: GritLM.from_pretrained()", "```", "",
+             "Training options: `training_config.yaml`; loss per step: `metrics.jsonl`."]
+    if records:
+        lines += ["", "| task | metric | n | score |", "|---|---|---:|---:|"]
+        lines += [f"| {row['task']} | {row['metric']} | {row.get('n', '')} | {_score(row)} |" for row in records]
+    return "\n".join(lines) + "\n"
+
+
+def _score(row: dict) -> str:
+    return f"{row['value']:.2f}" if row["metric"] == "perplexity" else f"{100 * row['value']:.1f}"
