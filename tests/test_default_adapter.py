@@ -1,0 +1,51 @@
+"""The shipped GRIT adapter (gritkit/adapters/gritsmol): small, documented, loaded by default, and
+embedding far better than the untouched base it was trained from."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from gritkit import GritLM
+from gritkit.eval.runner import run_task
+from gritkit.loading import SHIPPED_ADAPTER_DIR
+
+pytestmark = pytest.mark.slow
+
+# STS-B test, the fixed 200-pair sample of `gritkit eval --tasks stsb --limit 200`. The untouched base
+# scores 20 on it and all-MiniLM-L6-v2 86 (results/ablation/). A Spearman of 200 pairs has a standard
+# error of about 0.05, so 50 is far outside the base's reach yet well below the shipped adapter's score.
+STS_LIMIT = 200
+DEFAULT_MINIMUM = 0.50
+MINIMUM_GAIN_OVER_BASE = 0.25
+
+
+@pytest.fixture(scope="module")
+def base_model() -> GritLM:
+    return GritLM.from_pretrained("smollm2-base")
+
+
+def test_the_shipped_adapter_is_small_and_says_how_it_was_made():
+    files = {path.name: path for path in SHIPPED_ADAPTER_DIR.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "training_config.yaml", "eval.json", "README.md"} <= set(files)
+    assert sum(path.stat().st_size for path in files.values()) < 15e6  # an adapter, never base weights
+    config = yaml.safe_load(files["training_config.yaml"].read_text())
+    assert config["model"] == "smollm2-base" and config["mode"] == "unified"
+    assert json.loads(files["adapter_config.json"].read_text())["base_model_name_or_path"] == "smollm2-base"
+    assert {"stsb", "mmlu"} <= {row["task"] for row in json.loads(files["eval.json"].read_text())}
+
+
+def test_the_default_embeds_far_better_than_the_base(default_model, base_model):
+    default = run_task(default_model, "stsb", limit=STS_LIMIT).value
+    base = run_task(base_model, "stsb", limit=STS_LIMIT).value
+    assert default >= DEFAULT_MINIMUM and default - base >= MINIMUM_GAIN_OVER_BASE, (default, base)
+    shipped = next(row for row in json.loads((SHIPPED_ADAPTER_DIR / "eval.json").read_text()) if row["task"] == "stsb")
+    assert default == pytest.approx(shipped["value"], abs=0.01)  # the shipped eval.json is what loads
+
+
+def test_the_default_still_chats_like_the_base(default_model, base_model):
+    prompt = [{"role": "user", "content": "What is the capital of France?"}]
+    assert "paris" in default_model.generate(prompt, max_new_tokens=12).lower()
+    assert "paris" in base_model.generate(prompt, max_new_tokens=12).lower()
