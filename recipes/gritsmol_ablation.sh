@@ -29,8 +29,9 @@ generative_suites() {
 }
 embedding_suites minilm st:minilm
 embedding_suites base smollm2-base;            generative_suites base smollm2-base
-embedding_suites embedding-only runs/gritsmol-embedding
-generative_suites generative-only runs/gritsmol-generative
-embedding_suites unified runs/gritsmol-unified; generative_suites unified runs/gritsmol-unified
+for mode in embedding generative; do
+  embedding_suites $mode-only runs/gritsmol-$mode; generative_suites $mode-only runs/gritsmol-$mode
+done
+embedding_suites unified runs/gritsmol-unified;  generative_suites unified runs/gritsmol-unified
 
 gritkit report $out/{minilm,base,embedding-only,generative-only,unified}-*.json --output-dir $out/report
