@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -35,6 +36,15 @@ def test_the_shipped_adapter_is_small_and_says_how_it_was_made():
     assert config["model"] == "smollm2-base" and config["mode"] == "unified"
     assert json.loads(files["adapter_config.json"].read_text())["base_model_name_or_path"] == "smollm2-base"
     assert {"stsb", "mmlu"} <= {row["task"] for row in json.loads(files["eval.json"].read_text())}
+
+
+def test_the_default_is_the_adapter_merged_and_cached(default_model):
+    from gritkit.loading import merged_default_dir
+
+    texts = ["The cat sits on the mat.", "Stock markets fell sharply today."]
+    assert (merged_default_dir() / "model.safetensors").is_file()  # the default loads from here
+    through_peft = GritLM.from_pretrained(SHIPPED_ADAPTER_DIR)  # adapter dir -> peft merge in memory
+    np.testing.assert_allclose(default_model.encode(texts), through_peft.encode(texts), atol=1e-5)
 
 
 def test_the_default_embeds_far_better_than_the_base(default_model, base_model):

@@ -97,10 +97,15 @@ def bar_chart(table: dict[tuple[str, str], Record], path: str | Path) -> Path:
     figure, axes = plt.subplots(figsize=(max(6, 1.1 * len(tasks) + 2), 4))
     for offset, model in enumerate(models):
         values = [100 * table[(model, task)].value if (model, task) in table else np.nan for task in tasks]
-        bounds = [interval(table[(model, task)]) if (model, task) in table else None for task in tasks]
-        errors = np.array([[100 * (v / 100 - b[0]), 100 * (b[1] - v / 100)] if b else [0, 0] for v, b in zip(values, bounds)]).T
-        axes.bar(np.arange(len(tasks)) + offset * width - 0.4 + width / 2, values, width, label=model,
-                 yerr=errors, error_kw={"elinewidth": 0.6, "capsize": 1.5})
+        positions = np.arange(len(tasks)) + offset * width - 0.4 + width / 2
+        axes.bar(positions, values, width, label=model)
+        bounds = [(i, interval(table[(model, task)])) for i, task in enumerate(tasks) if (model, task) in table]
+        bounds = [(i, b) for i, b in bounds if b]
+        if bounds:
+            low = [values[i] - 100 * b[0] for i, b in bounds]
+            high = [100 * b[1] - values[i] for i, b in bounds]
+            axes.errorbar([positions[i] for i, _ in bounds], [values[i] for i, _ in bounds], yerr=[low, high],
+                          fmt="none", ecolor="black", elinewidth=0.6, capsize=1.5)
     axes.set_xticks(np.arange(len(tasks)), [f"{task}\n{table[next(k for k in table if k[1] == task)].metric}" for task in tasks],
                     fontsize=8, rotation=30, ha="right")
     axes.set_ylabel("score (%)")
