@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from gritkit import GritLM
 from gritkit.cli import app
+from gritkit.eval.result import Record, save_records
 from gritkit.paths import data_dir
 from gritkit.training import DataError, TrainingConfig, gradcache_backward, info_nce_loss, next_token_loss, train
 from gritkit.training.data import (IGNORE_INDEX, BatchPlan, GenerativeExample, read_embedding_data,
@@ -260,7 +261,7 @@ def test_output_dir_loads_with_config_metrics_and_adapter(uninterrupted):
 def test_export_adapter_ships_a_half_precision_copy_that_loads_alike(uninterrupted, tmp_path):
     config, _ = uninterrupted
     results = tmp_path / "eval.json"
-    results.write_text(json.dumps([{"model": "x", "task": "stsb", "metric": "spearman", "value": 0.5, "n": 10}]))
+    save_records([Record("x", "stsb", "spearman", 0.5, 10, 1.0, "abc")], results)
     destination = tmp_path / "adapters" / "tiny"
     runner = CliRunner()
     cli = runner.invoke(app, ["export-adapter", config.output_dir, str(destination), "--results", str(results)])
@@ -275,8 +276,10 @@ def test_export_adapter_ships_a_half_precision_copy_that_loads_alike(uninterrupt
                                GritLM.from_pretrained(config.output_dir).encode(texts), atol=2e-3)
     assert runner.invoke(app, ["export-adapter", str(tmp_path / "nothing"), str(tmp_path / "out")]).exit_code == 2
     bad = tmp_path / "bad.json"
-    bad.write_text("{}")
-    assert runner.invoke(app, ["export-adapter", config.output_dir, str(destination), "--results", str(bad)]).exit_code == 2
+    for text in ("{}", '[{"task": "stsb"}]'):  # not a list; a row that is not a full record
+        bad.write_text(text)
+        failed = runner.invoke(app, ["export-adapter", config.output_dir, str(destination), "--results", str(bad)])
+        assert failed.exit_code == 2 and "bad.json" in failed.output
     assert (destination / "eval.json").is_file()  # a failed export keeps the previous one
 
 

@@ -47,4 +47,7 @@ def load_records(path: str | Path) -> list[Record]:
     rows = json.loads(Path(path).read_text())
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON list of records")
-    return [Record(**row) for row in rows]
+    try:
+        return [Record(**row) for row in rows]
+    except TypeError as error:  # a row that is not an object, or with missing or unknown fields
+        raise ValueError(f"{path}: not a gritkit eval record ({error})") from None

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from gritkit.eval.result import Record, load_records, save_records
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 COPIED_FILES = ("adapter_config.json", "training_config.yaml", "metrics.jsonl")
 
@@ -28,7 +30,7 @@ def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Seq
     run_dir, destination = Path(run_dir), Path(destination)
     if not (run_dir / "adapter_config.json").is_file() or not (run_dir / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(f"{run_dir} holds no PEFT adapter ({ADAPTER_WEIGHTS} and adapter_config.json)")
-    records = [row for path in results for row in _read_records(Path(path))]
+    records = [record for path in results for record in load_records(path)]
     staging = destination.with_name(destination.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -38,7 +40,7 @@ def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Seq
     weights = {key: tensor.to(dtype).contiguous() for key, tensor in load_file(run_dir / ADAPTER_WEIGHTS).items()}
     save_file(weights, staging / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     if records:
-        (staging / "eval.json").write_text(json.dumps(records, indent=1) + "\n")
+        save_records(records, staging / "eval.json")
     (staging / "README.md").write_text(model_card(title, json.loads((run_dir / "adapter_config.json").read_text()),
                                                   sum(t.numel() for t in weights.values()), records))
     shutil.rmtree(destination, ignore_errors=True)
@@ -46,14 +48,7 @@ def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Seq
     return destination
 
 
-def _read_records(path: Path) -> list[dict]:
-    rows = json.loads(path.read_text())
-    if not isinstance(rows, list) or not all(isinstance(row, dict) and {"task", "metric", "value"} <= set(row) for row in rows):
-        raise ValueError(f"{path}: not a gritkit eval results file (a JSON list of task records)")
-    return rows
-
-
-def model_card(title: str, adapter_config: dict, parameters: int, records: list[dict]) -> str:
+def model_card(title: str, adapter_config: dict, parameters: int, records: list[Record]) -> str:
     """A short Markdown card: what the adapter is, how to load it, how it was trained and scored."""
     lines = [f"# {title}", "",
              (f"LoRA adapter (r={adapter_config.get('r')}, alpha={adapter_config.get('lora_alpha')}, "
@@ -63,9 +58,9 @@ def model_card(title: str, adapter_config: dict, parameters: int, records: list[
              "Training options: `training_config.yaml`; loss per step: `metrics.jsonl`."]
     if records:
         lines += ["", "| task | metric | n | score |", "|---|---|---:|---:|"]
-        lines += [f"| {row['task']} | {row['metric']} | {row.get('n', '')} | {_score(row)} |" for row in records]
+        lines += [f"| {r.task} | {r.metric} | {r.n} | {_score(r)} |" for r in records]
     return "\n".join(lines) + "\n"
 
 
-def _score(row: dict) -> str:
-    return f"{row['value']:.2f}" if row["metric"] == "perplexity" else f"{100 * row['value']:.1f}"
+def _score(record: Record) -> str:
+    return f"{record.value:.2f}" if record.metric == "perplexity" else f"{100 * record.value:.1f}"

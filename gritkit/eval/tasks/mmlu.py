@@ -15,7 +15,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gritkit import GritLM
-from gritkit.eval import metrics
 from gritkit.eval.data import read_table, resolve, subset
 from gritkit.eval.generation import prompt_ids, require_generator
 from gritkit.eval.result import Score
@@ -64,5 +63,4 @@ def evaluate(model: GritLM, folder: str | Path, *, limit: int | None = None, sho
         ids = prompt_ids(model, build_prompt(question, dev[question.subject][:shots]), "The answer is:" if chat else "", chat=chat)
         _, logits = model.prefill(ids)
         correct += LETTERS[int(logits[letter_ids].argmax())] == question.answer
-    low, high = metrics.wilson_interval(correct, len(questions))
-    return Score("accuracy", correct / len(questions), len(questions), {"shots": shots, "ci95_low": low, "ci95_high": high})
+    return Score("accuracy", correct / len(questions), len(questions), {"shots": shots})
