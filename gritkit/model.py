@@ -1,7 +1,7 @@
 """GritLM: one decoder model that embeds (bidirectional, mean-pooled) and generates (causal).
 
-Reads top to bottom: prompt formats, the model class with loading, embedding
-(format -> tokenise -> forward -> pool), generation (chat format -> decode loop),
+Reads top to bottom: the model class with loading, embedding (format from ``gritkit.prompts``
+-> tokenise -> forward -> pool), generation (chat format -> decode loop),
 and the key/value caches the RAG module reuses.
 """
 
@@ -21,33 +21,14 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from gritkit import loading
+from gritkit.prompts import Message, chat_prompt, embedding_prefix, grit_chat_prompt  # noqa: F401 (re-exported)
 
 Attention = Literal["bidirectional", "causal"]
 Pooling = Literal["mean", "weighted_mean", "last"]
 ConvertTo = Literal["numpy", "torch", "list"]
 Quantize = Literal["int8"]
-Message = dict[str, str]
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- prompt formats
-
-def embedding_prefix(instruction: str = "") -> str:
-    """The GRIT prompt put before a text to embed; its tokens are attended to, never pooled."""
-    return f"<|user|>\n{instruction}\n<|embed|>\n" if instruction else "<|embed|>\n"
-
-
-def grit_chat_prompt(messages: Sequence[Message]) -> str:
-    """GRIT's own chat format, used when a model has no chat template."""
-    parts = []
-    for message in messages:
-        role, content = message["role"], message["content"]
-        if role == "assistant":
-            parts.append(f"<|assistant|>\n{content}</s>")
-        else:  # system text is folded into a user turn, as GritLM was trained without one
-            parts.append(f"<|user|>\n{content}\n")
-    return "".join(parts) + "<|assistant|>\n"
 
 
 @dataclass
@@ -281,10 +262,7 @@ class GritLM:
         for index, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
                 raise TypeError(f"messages[{index}] must be a dict with 'role' and 'content' (str)")
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        bos = self.tokenizer.bos_token or ""
-        return bos + grit_chat_prompt(messages)
+        return chat_prompt(self.tokenizer, messages)
 
     def prompt_ids(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids for a raw completion prompt (str) or a conversation (list of messages)."""
@@ -390,6 +368,20 @@ class GritLM:
 
     # ------------------------------------------------------------ caches for RAG
 
+    def embedding_pass_with_cache(self, text: str, instruction: str = "", *, attention: Attention | None = None,
+                                  max_length: int | None = None) -> tuple[torch.Tensor, DynamicCache, list[int]]:
+        """One text's embedding forward that also keeps its key/value states; differentiable.
+
+        Returns the pooled (unnormalised) embedding ``(d,)``, the cache over ``prefix + text``
+        tokens and those token ids. :meth:`embed_with_cache` and cache-aware RAG training use it.
+        """
+        batch = self.tokenize_for_embedding([text], instruction, max_length=max_length).to(self.device)
+        is_causal = (attention or self.attention) == "causal"
+        cache = DynamicCache(config=self.config)
+        output = self.backbone(input_ids=batch.input_ids, past_key_values=cache, use_cache=True, is_causal=is_causal)
+        embedding = pool(output.last_hidden_state, batch.pooling_mask, self.pooling)[0]
+        return embedding, output.past_key_values, batch.input_ids[0].tolist()
+
     @torch.inference_mode()
     def embed_with_cache(self, text: str, instruction: str = "", *, attention: Attention | None = None,
                          max_length: int | None = None) -> tuple[np.ndarray, DynamicCache, list[int]]:
@@ -398,12 +390,9 @@ class GritLM:
         Returns the normalised embedding, the cache over ``prefix + text`` tokens, and those token ids,
         so generation can continue after them without running the text again (GRIT's RAG caching).
         """
-        batch = self.tokenize_for_embedding([text], instruction, max_length=max_length).to(self.device)
-        is_causal = (attention or self.attention) == "causal"
-        cache = DynamicCache(config=self.config)
-        output = self.backbone(input_ids=batch.input_ids, past_key_values=cache, use_cache=True, is_causal=is_causal)
-        embedding = F.normalize(pool(output.last_hidden_state, batch.pooling_mask, self.pooling).float(), dim=-1)
-        return embedding[0].cpu().numpy(), output.past_key_values, batch.input_ids[0].tolist()
+        embedding, cache, token_ids = self.embedding_pass_with_cache(text, instruction, attention=attention,
+                                                                     max_length=max_length)
+        return F.normalize(embedding.float(), dim=-1).cpu().numpy(), cache, token_ids
 
 
 def _check_quantize(quantize: str, device: str) -> None:

@@ -11,10 +11,15 @@ Example::
     answer = RAG(model, index).answer("question", cache="doc", k=1)
 """
 
-from gritkit.rag.index import Index, Passage, chunk_text
-from gritkit.rag.kv import Segment, build_cache, rotate_keys
-from gritkit.rag.kvstore import KVStore
-from gritkit.rag.rag import RAG, Answer, CacheMode, Order
+import importlib
 
-__all__ = ["RAG", "Answer", "CacheMode", "Index", "KVStore", "Order", "Passage", "Segment", "build_cache",
-           "chunk_text", "rotate_keys"]
+# Names load on first use, so ``gritkit.rag.kv`` (training's cache-aware stream) needs no faiss.
+_EXPORTS = {"Index": "index", "Passage": "index", "chunk_text": "index", "Segment": "kv", "build_cache": "kv",
+            "rotate_keys": "kv", "KVStore": "kvstore", "RAG": "rag", "Answer": "rag", "CacheMode": "rag", "Order": "rag"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gritkit.rag' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"gritkit.rag.{_EXPORTS[name]}"), name)

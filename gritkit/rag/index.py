@@ -30,11 +30,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gritkit.model import Attention, GritLM
+from gritkit.prompts import RAG_QUERY_INSTRUCTION
 from gritkit.rag.kv import Segment
 from gritkit.rag.kvstore import KVStore
 
 ChunkUnit = Literal["tokens", "chars"]
-QUERY_INSTRUCTION = "Given a question, retrieve passages that answer it"
+QUERY_INSTRUCTION = RAG_QUERY_INSTRUCTION
 DEFAULT_KV_BUDGET = 4 * 1024**3
 
 _SCHEMA = """

@@ -61,7 +61,7 @@ def _layer_type(model: GritLM, layer_idx: int) -> str | None:
     return layer_types[layer_idx] if layer_types else None
 
 
-@torch.inference_mode()
+@torch.no_grad()  # constants: plain tensors, so cache-aware training can rotate keys that need gradients
 def rope_rotation(model: GritLM, offset: int, layer_idx: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cos, sin)`` of the rotation by ``offset`` positions, from the model's rotary module.
 

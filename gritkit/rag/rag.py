@@ -20,19 +20,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
 
-from gritkit.model import GritLM, grit_chat_prompt
+from gritkit.model import GritLM
+from gritkit.prompts import CACHE_MODES, CacheMode, Order, cached_segment_kinds, rag_prompt
 from gritkit.rag.index import Index, Passage
 from gritkit.rag.kv import Segment, build_cache
-
-CacheMode = Literal["none", "query", "doc", "query_doc", "doc_query"]
-Order = Literal["query_first", "doc_first"]
-CACHE_MODES: tuple[str, ...] = ("none", "query", "doc", "query_doc", "doc_query")
-
-# Instructions from the official GritLM RAG prompts (rag/eval.py), chosen by which text comes first.
-QUERY_FIRST_INSTRUCTION = "Optionally using the prior context answer the query prior to it"
-DOC_FIRST_INSTRUCTION = "Answer the prior query while optionally using the context prior to it"
 
 
 @dataclass
@@ -70,45 +62,10 @@ class RAG:
 
     # ------------------------------------------------------------ prompts
 
-    def user_turn(self, content: str, *, after_cache: bool) -> str:
-        """A user turn in the model's chat format, ending where the assistant's reply begins.
-
-        As the first text it is the whole chat prompt (system preamble included). After cached
-        segments the conversation has already begun, so it is the turn as the template renders a
-        follow-up message: no start-of-sequence token, no second preamble, and a newline first,
-        as in GritLM's ``<|embed|>\n{doc}\n<|user|>\n...`` layout.
-        """
-        message = {"role": "user", "content": content}
-        if not after_cache:
-            return self.model.chat_prompt([message]) + self.answer_prefix
-        tokenizer = self.model.tokenizer
-        if not tokenizer.chat_template:
-            return "\n" + grit_chat_prompt([message]) + self.answer_prefix
-        history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-        before = tokenizer.apply_chat_template(history, tokenize=False)
-        full = tokenizer.apply_chat_template([*history, message], add_generation_prompt=True, tokenize=False)
-        if not full.startswith(before):
-            raise ValueError("the model's chat template does not render a follow-up turn as a suffix of the "
-                             "conversation, so it cannot continue after cached segments")
-        return "\n" + full[len(before):] + self.answer_prefix
-
     def prompt_after_cache(self, question: str, passages: list[Passage], cache: CacheMode = "none",
                            order: Order = "query_first") -> str:
         """The text run through the model after the cached segments (the whole prompt for ``none``)."""
-        documents = "\n\n".join(passage.text for passage in passages)
-        if cache == "none":
-            if not passages:
-                return self.user_turn(question, after_cache=False)
-            if order == "query_first":
-                return self.user_turn(f"{question}\n\n{documents}\n\n{QUERY_FIRST_INSTRUCTION}", after_cache=False)
-            return self.user_turn(f"{documents}\n\n{question}\n\n{DOC_FIRST_INSTRUCTION}", after_cache=False)
-        content = {
-            "query": f"{documents}\n\n{QUERY_FIRST_INSTRUCTION}",
-            "doc": f"{question}\n\n{DOC_FIRST_INSTRUCTION}",
-            "query_doc": QUERY_FIRST_INSTRUCTION,
-            "doc_query": DOC_FIRST_INSTRUCTION,
-        }[cache]
-        return self.user_turn(content, after_cache=True)
+        return rag_prompt(self.model.tokenizer, question, [p.text for p in passages], cache, order, self.answer_prefix)
 
     # ------------------------------------------------------------ answering
 
@@ -158,8 +115,7 @@ class RAG:
                 segment, built = self.index.kv_segment(passage, model)
                 build_seconds += (time.perf_counter() - fetch_start) if built else 0.0
                 doc_segments.append(segment)
-        segments = {"none": [], "query": [query_segment], "doc": doc_segments,
-                    "query_doc": [query_segment, *doc_segments], "doc_query": [*doc_segments, query_segment]}[cache]
+        segments = [s for kind in cached_segment_kinds(cache) for s in ([query_segment] if kind == "query" else doc_segments)]
         prompt_ids = model.tokenizer(self.prompt_after_cache(question, passages, cache, order),
                                      add_special_tokens=False)["input_ids"]
         prefix = build_cache(model, segments) if segments else None
