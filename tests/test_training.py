@@ -343,3 +343,23 @@ def test_data_build_uses_train_splits_only(tmp_path):
     generative = read_generative_data([tmp_path / "generative"])
     assert not gsm8k_test & {e.messages[0]["content"] for e in generative}
     assert "<<" not in generative[0].messages[1]["content"]
+
+
+def test_data_build_v2_sources_symmetric_instructions_and_rag_rows(tmp_path):
+    from gritkit.training.build import build_training_mix
+    from gritkit.training.data import read_rag_data
+
+    counts = build_training_mix(tmp_path, sources=["nli", "stsb", "qqp", "rag-tydiqa"], max_per_source=400)
+    assert counts["nli"] == counts["stsb"] == counts["rag-tydiqa"] == 400 and counts["qqp"] > 50
+    by_source = read_embedding_data([tmp_path / "embedding"])
+    for name in ("nli", "stsb", "qqp"):
+        instructed = [e.query[0] == e.positives[0][0] != "" for e in by_source[name]]
+        plain = [e.query[0] == e.positives[0][0] == "" for e in by_source[name]]
+        assert all(a or b for a, b in zip(instructed, plain))  # both sides alike, symmetric
+        assert 0.3 < sum(plain) / len(plain) < 0.7  # about half without an instruction
+    assert all(e.negatives for e in by_source["nli"])  # the contradiction is the hard negative
+    rag = read_rag_data([tmp_path / "rag"])
+    assert all(example.answer in example.passages[0] and len(example.passages) == 2 for example in rag)
+    dev = json.loads((data_dir() / "tydiqa_goldp" / "dev" / "tydiqa.goldp.en.dev.json").read_text())
+    dev_questions = {qa["question"].strip() for a in dev["data"] for p in a["paragraphs"] for qa in p["qas"]}
+    assert not dev_questions & {example.question for example in rag}

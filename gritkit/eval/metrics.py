@@ -126,6 +126,12 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
     return float(any(normalize_answer(prediction) == normalize_answer(answer) for answer in answers))
 
 
+def answer_match(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when any normalised gold answer occurs in the normalised prediction (the GRIT paper's RAG "match")."""
+    predicted = f" {normalize_answer(prediction)} "
+    return float(any(f" {gold} " in predicted for gold in map(normalize_answer, answers) if gold))
+
+
 def token_f1(prediction: str, answers: Sequence[str]) -> float:
     """Best bag-of-tokens F1 of the prediction against any gold answer (SQuAD)."""
     def f1(gold: str) -> float:

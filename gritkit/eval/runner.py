@@ -40,7 +40,8 @@ def run_task(model: GritLM | Encoder, spec: str, *, limit: int | None = None, ch
     name, _, variant = spec.partition(":")
     task = TASKS[name]
     if task.kind == "embedding":
-        return task.run(as_encoder(model), instruction=instruction_for(name), limit=limit)
+        instruction = task.instruction if task.instruction is not None else instruction_for(name)
+        return task.run(as_encoder(model), instruction=instruction, limit=limit)
     options = {task.variant: variant.split("+")} if variant else {}
     return task.run(model, limit=limit, chat=chat, **options)
 

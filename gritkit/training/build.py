@@ -3,8 +3,15 @@
 Embedding sources (one file each, one instruction each, friendly layout):
 medquad (question -> answer), twentynewsgroups train (subject -> body), tydiqa_goldp train
 (question -> passage), wikiqa train (question -> correct sentence; wrong ones are hard negatives),
-flickr8k_captions (caption <-> caption of the same image), banking77 train (query <-> same-intent query).
+flickr8k_captions (caption <-> caption of the same image), banking77 train (query <-> same-intent query),
+nli_cad_triplets (premise <-> entailed hypothesis, the contradiction as hard negative), stsb train
+(sentence <-> sentence scored >= 4; in-domain for the STS-B evaluation, reported as such) and QQP duplicate
+questions parsed from t0_train_50k's glue_qqp templates. Symmetric sources give half their rows the
+instruction on both sides and half none, so the model embeds well without an instruction too.
 Generative sources (chat ``messages``): t0_train_50k, flan_cot, gsm8k train.
+RAG sources (``rag/<source>.jsonl``: question, passages with the gold one first, answer), for the
+cache-aware stream: tydiqa_goldp English train (gold paragraph cut to a window around the answer,
+a paragraph of another article as a distractor).
 
 No row comes from an evaluation split; where a train split repeats a text of its test split
 (banking77 queries, 20 Newsgroups subjects, WikiQA and GSM8K questions) that train row is dropped too.
@@ -32,7 +39,12 @@ INSTRUCTIONS = {
     # symmetric tasks: both sides carry the same instruction, as in GritLM's training data
     "flickr8k": ("Given an image caption, retrieve a caption of the same image",) * 2,
     "banking77": ("Given an online banking query, retrieve a query with the same intent",) * 2,
+    "nli": ("Retrieve semantically similar text",) * 2,
+    "stsb": ("Retrieve semantically similar text",) * 2,
+    "qqp": ("Given a question, retrieve questions that are semantically equivalent",) * 2,
 }
+SYMMETRIC_SOURCES = ("flickr8k", "banking77", "nli", "stsb", "qqp")
+RAG_PASSAGE_MAX_CHARS = 800  # about 200 tokens: the window around the answer kept of a long paragraph
 # P3 templates whose source data sets are evaluation sets elsewhere (MRPC, ...), per t0_train_50k/SOURCE.txt.
 T0_EXCLUDED_TEMPLATE_PREFIXES = ("glue_mrpc", "paws", "imdb", "ag_news", "dbpedia_14")
 
@@ -57,8 +69,11 @@ def _eval_texts(path: Path, key: str) -> set[str]:
     return {_normal(row[key]) for row in _jsonl(path)}
 
 
-def _pair(source: str, query: str, positive: str, negatives: list[str] | None = None) -> dict:
+def _pair(source: str, query: str, positive: str, negatives: list[str] | None = None,
+          rng: random.Random | None = None) -> dict:
     query_instruction, doc_instruction = INSTRUCTIONS[source]
+    if source in SYMMETRIC_SOURCES and rng is not None and rng.random() < 0.5:
+        query_instruction = doc_instruction = ""  # half the symmetric pairs carry no instruction
     return {"source": source, "query": query.strip(), "positive": positive.strip(),
             "negatives": [n.strip() for n in negatives or [] if n.strip()],
             "query_instruction": query_instruction, "doc_instruction": doc_instruction}
@@ -119,7 +134,7 @@ def flickr8k(root: Path, rng: random.Random) -> list[dict]:
         captions = [c for c in row["captions"] if c.strip()]
         if len(captions) >= 2:
             query, positive = rng.sample(captions, 2)
-            pairs.append(_pair("flickr8k", query, positive))
+            pairs.append(_pair("flickr8k", query, positive, rng=rng))
     return pairs
 
 
@@ -137,7 +152,42 @@ def banking77(root: Path, rng: random.Random) -> list[dict]:
         for text in texts:
             positive = rng.choice([t for t in texts if t != text] or texts)
             negative = rng.choice(by_intent[rng.choice([i for i in intents if i != intent])])
-            pairs.append(_pair("banking77", text, positive, [negative]))
+            pairs.append(_pair("banking77", text, positive, [negative], rng=rng))
+    return pairs
+
+
+def nli(root: Path, rng: random.Random) -> list[dict]:
+    return [_pair("nli", row["anchor"], row["positive"], [row["negative"]], rng=rng)
+            for row in _jsonl(root / "nli_cad_triplets" / "train_triplets.jsonl")
+            if row["anchor"].strip() and row["positive"].strip()]
+
+
+def stsb(root: Path, rng: random.Random) -> list[dict]:
+    with open(root / "stsb" / "stsb-en-train.csv", newline="", encoding="utf-8") as file:
+        rows = [row for row in csv.reader(file) if len(row) == 3]
+    pairs = []
+    for first, second, score in rows:
+        if float(score) >= 4.0:
+            query, positive = (first, second) if rng.random() < 0.5 else (second, first)
+            pairs.append(_pair("stsb", query, positive, rng=rng))
+    return pairs
+
+
+QQP_PATTERNS = (re.compile(r"^Question 1: (.+)\nQuestion 2: (.+)\n\nDo these two questions convey the same meaning"),
+                re.compile(r'^Are the questions "(.+)" and "(.+)" asking the same thing\?'),
+                re.compile(r'^I received the questions "(.+)" and "(.+)"\. Are they duplicates\?'))
+
+
+def qqp(root: Path, rng: random.Random) -> list[dict]:
+    pairs, seen = [], set()
+    for row in _jsonl(root / "t0_train_50k" / "t0_train_50k.jsonl.gz"):
+        answer = row["completion"].replace("<|endoftext|>", "").strip().lower()
+        if not row["template"].startswith("glue_qqp") or answer not in ("yes", "duplicates"):
+            continue
+        for pattern in QQP_PATTERNS:
+            if (match := pattern.match(row["prompt"])) and _normal(match[1]) not in seen:
+                seen.add(_normal(match[1]))
+                pairs.append(_pair("qqp", match[1], match[2], rng=rng))
     return pairs
 
 
@@ -163,17 +213,54 @@ def gsm8k(root: Path, rng: random.Random) -> list[dict]:
             if _normal(row["question"]) not in held_out]
 
 
+# ---------------------------------------------------------------- RAG sources
+
+def _answer_window(context: str, answer_start: int, answer: str, rng: random.Random) -> str:
+    """A window of at most RAG_PASSAGE_MAX_CHARS around the answer, cut at word boundaries."""
+    if len(context) <= RAG_PASSAGE_MAX_CHARS:
+        return context
+    room = RAG_PASSAGE_MAX_CHARS - len(answer)
+    start = max(0, min(answer_start - rng.randint(0, room), len(context) - RAG_PASSAGE_MAX_CHARS))
+    end = start + RAG_PASSAGE_MAX_CHARS
+    if start:
+        start = context.find(" ", start, answer_start) + 1 or start
+    if end < len(context):
+        end = context.rfind(" ", answer_start + len(answer), end) if " " in context[answer_start + len(answer):end] else end
+    return context[start:end].strip()
+
+
+def tydiqa_rag(root: Path, rng: random.Random) -> list[dict]:
+    data = json.loads((root / "tydiqa_goldp" / "train" / "tydiqa.goldp.en.train.json").read_text())
+    paragraphs = [(number, paragraph) for number, article in enumerate(data["data"]) for paragraph in article["paragraphs"]]
+    rows = []
+    for article, paragraph in paragraphs:
+        for qa in paragraph["qas"]:
+            answer = qa["answers"][0]
+            if not answer["text"].strip() or len(answer["text"]) > 100:  # long spans are not short answers
+                continue
+            gold = _answer_window(paragraph["context"], answer["answer_start"], answer["text"], rng)
+            if answer["text"] not in gold:
+                continue
+            other_article, other = rng.choice(paragraphs)
+            while other_article == article:
+                other_article, other = rng.choice(paragraphs)
+            distractor = _answer_window(other["context"], 0, "", rng)
+            rows.append({"question": qa["question"].strip(), "passages": [gold, distractor], "answer": answer["text"].strip()})
+    return rows
+
+
 EMBEDDING_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "medquad": medquad, "twentynewsgroups": twentynewsgroups, "tydiqa": tydiqa, "wikiqa": wikiqa,
-    "flickr8k": flickr8k, "banking77": banking77}
+    "flickr8k": flickr8k, "banking77": banking77, "nli": nli, "stsb": stsb, "qqp": qqp}
 GENERATIVE_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "t0": t0, "flan_cot": flan_cot, "gsm8k": gsm8k}
+RAG_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {"tydiqa": tydiqa_rag}
 
 
 def build_training_mix(output_dir: str | Path, *, source_dir: str | Path | None = None,
                        max_per_source: int | None = None, seed: int = 0,
                        sources: list[str] | None = None) -> dict[str, int]:
-    """Write ``embedding/<source>.jsonl`` and ``generative/<source>.jsonl`` under ``output_dir``.
+    """Write ``embedding/<source>.jsonl``, ``generative/<source>.jsonl`` and ``rag/<source>.jsonl`` under ``output_dir``.
 
     ``max_per_source`` keeps a seeded random sample of each source; returns rows written per source.
     Each file is written to a temp name and renamed, so an interrupted build leaves no partial file.
@@ -181,7 +268,8 @@ def build_training_mix(output_dir: str | Path, *, source_dir: str | Path | None 
     root = Path(source_dir) if source_dir else data_dir()
     output_dir = Path(output_dir)
     chosen = {**{n: ("embedding", f) for n, f in EMBEDDING_SOURCES.items()},
-              **{n: ("generative", f) for n, f in GENERATIVE_SOURCES.items()}}
+              **{n: ("generative", f) for n, f in GENERATIVE_SOURCES.items()},
+              **{f"rag-{n}": ("rag", f) for n, f in RAG_SOURCES.items()}}
     unknown = set(sources or []) - set(chosen)
     if unknown:
         raise ValueError(f"unknown source(s) {sorted(unknown)}; choose from {sorted(chosen)}")
@@ -193,7 +281,7 @@ def build_training_mix(output_dir: str | Path, *, source_dir: str | Path | None 
         rows = read(root, rng)
         rng.shuffle(rows)
         rows = rows[:max_per_source] if max_per_source else rows
-        target = output_dir / kind / f"{name}.jsonl"
+        target = output_dir / kind / f"{name.removeprefix('rag-')}.jsonl"
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_suffix(".jsonl.tmp")
         with staging.open("w", encoding="utf-8") as file:

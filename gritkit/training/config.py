@@ -15,6 +15,8 @@ import yaml
 Mode = Literal["unified", "embedding", "generative"]
 GenLossType = Literal["mixed", "token", "sample"]
 Precision = Literal["auto", "bf16", "fp32"]
+RagTarget = Literal["gold", "distill", "gold+distill"]
+RAG_TRAINING_MODES = ("query", "doc", "query_doc", "doc_query")
 PoolingName = Literal["mean", "weighted_mean", "last"]
 
 CONFIG_FILENAME = "training_config.yaml"
@@ -50,6 +52,17 @@ class TrainingConfig:
     loss_gen_type: GenLossType = "mixed"       # mixed: token mean per process | token: over all processes | sample
     generative_loss_weight: float = 1.0
 
+    # --- cache-aware RAG stream (optional; on when rag_data is set): answers generated after key/value
+    # states of the embedding pass, laid out and re-positioned exactly as gritkit.rag does at answer time
+    rag_data: list[str] = field(default_factory=list)        # JSONL: {"question", "passages" (gold first), "answer"}
+    rag_batch_size: int = 4                    # questions per process per step
+    rag_cache_modes: list[str] = field(default_factory=lambda: list(RAG_TRAINING_MODES))  # one drawn per question
+    rag_max_passages: int = 2                  # k drawn from 1..this per question (gold + distractors, shuffled)
+    rag_target: RagTarget = "gold"             # gold: next-token loss on the gold answer | distill: KL to the model's
+                                               # own uncached-RAG distribution on those tokens | gold+distill: both
+    rag_passage_max_length: int = 256          # tokens per cached passage (embedding prompt included)
+    rag_loss_weight: float = 1.0
+
     # --- optimisation
     learning_rate: float = 1e-4                # 1e-4 suits LoRA; use ~2e-5 for full fine-tuning (GritLM)
     weight_decay: float = 0.0
@@ -75,7 +88,7 @@ class TrainingConfig:
     tensorboard: bool = False                  # also log to output_dir/tensorboard (needs tensorboard installed)
 
     def __post_init__(self) -> None:
-        for name in ("embedding_data", "generative_data"):
+        for name in ("embedding_data", "generative_data", "rag_data"):
             value = getattr(self, name)
             setattr(self, name, [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value])
         self.model = str(self.model)
@@ -93,8 +106,14 @@ class TrainingConfig:
             raise ValueError(f"mode {self.mode!r} needs embedding_data")
         if self.mode != "embedding" and not self.generative_data:
             raise ValueError(f"mode {self.mode!r} needs generative_data")
+        if self.rag_target not in get_args(RagTarget):
+            raise ValueError(f"rag_target must be one of {get_args(RagTarget)}, not {self.rag_target!r}")
+        unknown = [m for m in self.rag_cache_modes if m not in RAG_TRAINING_MODES]
+        if unknown or not self.rag_cache_modes:
+            raise ValueError(f"rag_cache_modes must be a non-empty list of {RAG_TRAINING_MODES}, not {self.rag_cache_modes}")
         for name in ("max_steps", "embedding_batch_size", "generative_batch_size", "query_max_length",
-                     "passage_max_length", "generative_max_length", "log_every"):
+                     "passage_max_length", "generative_max_length", "log_every", "rag_batch_size",
+                     "rag_max_passages", "rag_passage_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         for name in ("num_negatives", "gradcache_chunk_size", "generative_chunk_size", "checkpoint_every",
@@ -127,7 +146,7 @@ class TrainingConfig:
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of option: value")
-        for name in ("embedding_data", "generative_data"):
+        for name in ("embedding_data", "generative_data", "rag_data"):
             entries = values.get(name) or []
             entries = [entries] if isinstance(entries, str) else entries
             values[name] = [str(path.parent / e) if not Path(e).is_absolute() and not Path(e).exists()

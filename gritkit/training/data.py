@@ -8,6 +8,9 @@ Embedding rows (one source per file; a row's ``"source"`` key overrides the file
 
 Generative rows: ``{"messages": [{"role", "content"}, ...]}``, ``{"prompt", "completion"}`` (one user
 turn and the assistant's reply) or ``{"text"}`` (plain language modelling, every token trained).
+
+RAG rows (cache-aware stream): ``{"question": str, "passages": [str, ...], "answer": str}``, the
+passage that holds the answer first, the others distractors.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ class EmbeddingExample:
     positives: list[Text]
     negatives: list[Text]
     source: str
+
+
+@dataclass
+class RagExample:
+    question: str
+    passages: list[str]  # gold first
+    answer: str
 
 
 @dataclass
@@ -155,6 +165,23 @@ def parse_generative_row(row: dict, path: Path) -> GenerativeExample:
     raise ValueError("expected 'messages', 'prompt'+'completion' or 'text'")
 
 
+def parse_rag_row(row: dict, path: Path) -> RagExample:
+    for key in ("question", "answer"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise ValueError(f"'{key}' must be a non-empty string")
+    passages = row.get("passages")
+    if not isinstance(passages, list) or not passages or not all(isinstance(p, str) and p.strip() for p in passages):
+        raise ValueError("'passages' must be a non-empty list of non-empty strings (the gold passage first)")
+    return RagExample(row["question"].strip(), [p.strip() for p in passages], row["answer"].strip())
+
+
+def read_rag_data(paths: Sequence[str | Path]) -> list[RagExample]:
+    examples = _read(paths, parse_rag_row)
+    if not examples:
+        raise DataError(f"no RAG examples in {', '.join(map(str, paths))}")
+    return examples
+
+
 def read_embedding_data(paths: Sequence[str | Path]) -> dict[str, list[EmbeddingExample]]:
     """All embedding examples, grouped by source (so a batch can come from one source)."""
     by_source: dict[str, list[EmbeddingExample]] = {}
@@ -239,6 +266,11 @@ def passage_group(example: EmbeddingExample, source_examples: list[EmbeddingExam
 
 
 # ---------------------------------------------------------------- generative tokenisation
+
+def reply_text(grit: GritLM, messages: list[dict[str, str]]) -> str:
+    """The assistant's last turn as the chat template renders it after the generation prompt (end marker included)."""
+    return _render(grit, messages)[len(grit.chat_prompt(messages[:-1])):]
+
 
 def _render(grit: GritLM, messages: list[dict[str, str]]) -> str:
     """A finished conversation as text (no generation prompt after it)."""

@@ -1,7 +1,8 @@
 """``train(config)``: GRIT fine-tuning on accelerate (one CPU process up to multi-GPU DDP/FSDP/DeepSpeed).
 
 Each step draws one embedding batch (all from one source) and one generative batch, and backpropagates
-``w_emb * InfoNCE + w_gen * next-token loss``. Both passes go through the core's code paths:
+``w_emb * InfoNCE + w_gen * next-token loss`` (``+ w_rag * RAG answer loss`` when ``rag_data`` is set: see
+``gritkit.training.rag_stream``). Both passes go through the core's code paths:
 ``GritLM.tokenize_for_embedding`` + ``GritLM.embed_batch`` (bidirectional, instruction-excluded
 pooling) and the causal LM forward on chat-formatted text.
 
@@ -31,8 +32,10 @@ from tqdm.auto import tqdm
 from gritkit import loading
 from gritkit.model import EmbeddingBatch, GritLM
 from gritkit.training.config import CONFIG_FILENAME, TrainingConfig
-from gritkit.training.data import (BatchPlan, GenerativeExample, IGNORE_INDEX, collate_generative, local_slice,
-                                   passage_group, read_embedding_data, read_generative_data, tokenize_generative)
+from gritkit.training import rag_stream
+from gritkit.training.data import (BatchPlan, GenerativeExample, IGNORE_INDEX, RagExample, collate_generative,
+                                   local_slice, passage_group, read_embedding_data, read_generative_data, read_rag_data,
+                                   tokenize_generative)
 from gritkit.training.gradcache import gradcache_backward, split_batch
 from gritkit.training.losses import info_nce_loss, next_token_loss
 
@@ -51,9 +54,12 @@ class GritTrainingModule(torch.nn.Module):
         self.grit = grit
 
     def forward(self, embedding_batches: tuple[EmbeddingBatch, ...] | None = None,
-                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None):
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                rag_inputs: rag_stream.RagInputs | None = None):
         if embedding_batches is not None:
             return tuple(self.grit.embed_batch(batch) for batch in embedding_batches)
+        if rag_inputs is not None:
+            return rag_stream.answer_logits(self.grit, rag_inputs)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
@@ -114,11 +120,12 @@ class TrainingStep:
     """Builds and backpropagates one training step; holds the data, plans and prepared model."""
 
     def __init__(self, config: TrainingConfig, grit: GritLM, model, accelerator,
-                 embedding_data: dict | None, generative_data: list[GenerativeExample] | None):
+                 embedding_data: dict | None, generative_data: list[GenerativeExample] | None,
+                 rag_data: list[RagExample] | None = None):
         self.config, self.grit, self.model, self.accelerator = config, grit, model, accelerator
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
-        self.embedding_data, self.generative_data = embedding_data, generative_data
-        self.embedding_plan = self.generative_plan = None
+        self.embedding_data, self.generative_data, self.rag_data = embedding_data, generative_data, rag_data
+        self.embedding_plan = self.generative_plan = self.rag_plan = None
         if embedding_data:
             sizes = {name: len(examples) for name, examples in embedding_data.items()}
             self.embedding_plan = BatchPlan(sizes, config.embedding_batch_size * self.world_size, config.seed)
@@ -127,19 +134,26 @@ class TrainingStep:
         if generative_data:
             self.generative_plan = BatchPlan({"all": len(generative_data)},
                                              config.generative_batch_size * self.world_size, config.seed + 1)
+        if rag_data:
+            self.rag_plan = BatchPlan({"all": len(rag_data)}, config.rag_batch_size * self.world_size, config.seed + 2)
 
     def __call__(self, step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
         loss = torch.zeros((), device=self.accelerator.device)
         if self.embedding_plan is not None:
             # gradients are exchanged once per step: on the last backward
-            with self.accelerator.no_sync(self.model) if self.generative_plan is not None else nullcontext():
+            later_streams = self.generative_plan is not None or self.rag_plan is not None
+            with self.accelerator.no_sync(self.model) if later_streams else nullcontext():
                 embedding_loss, scores = self.embedding_backward(step)
             metrics["loss_embedding"] = embedding_loss.item()
             targets = torch.arange(len(scores), device=scores.device) * (scores.shape[1] // len(scores))
             metrics["embedding_accuracy"] = (scores.argmax(1) == targets).float().mean().item()
             metrics["contrastive_passages"] = scores.shape[1]
             loss = loss + self.config.embedding_loss_weight * embedding_loss
+        if self.rag_plan is not None:
+            rag_loss = self.accelerator.reduce(self.rag_backward(step, sync_last=self.generative_plan is None), "mean")
+            metrics["loss_rag"] = rag_loss.item()
+            loss = loss + self.config.rag_loss_weight * rag_loss
         if self.generative_plan is not None:
             generative_loss = self.accelerator.reduce(self.generative_backward(step), "mean")
             metrics["loss_generative"] = generative_loss.item()
@@ -179,6 +193,25 @@ class TrainingStep:
         else:
             self.accelerator.backward(loss_fn(*self.model(embedding_batches=(query_batch, passage_batch))))
         return found["loss"], found["scores"].detach()
+
+    def rag_backward(self, step: int, sync_last: bool) -> torch.Tensor:
+        """One question at a time (each has its own cache layout); the loss is their mean."""
+        config = self.config
+        _, indices = self.rag_plan.batch(step)
+        local = local_slice(indices, self.rank, self.world_size)
+        total = torch.zeros((), device=self.accelerator.device)
+        for position, index in enumerate(local):
+            rng = np.random.default_rng([config.seed, step, index, 2])
+            inputs = rag_stream.draw(self.grit, self.rag_data, index, config.rag_cache_modes, config.rag_max_passages,
+                                     config.rag_passage_max_length, rng)
+            teacher = rag_stream.uncached_answer_logits(self.grit, inputs) if "distill" in config.rag_target else None
+            last = sync_last and position == len(local) - 1
+            with nullcontext() if last else self.accelerator.no_sync(self.model):
+                logits = self.model(rag_inputs=inputs)
+                loss = rag_stream.rag_loss(logits, inputs.answer_ids, config.rag_target, teacher) / len(local)
+                self.accelerator.backward(loss * config.rag_loss_weight)
+            total += loss.detach()
+        return total
 
     def generative_backward(self, step: int) -> torch.Tensor:
         config = self.config
@@ -295,7 +328,8 @@ def _make_accelerator(config: TrainingConfig):
 def _load_data(config: TrainingConfig):
     embedding = read_embedding_data(config.embedding_data) if config.mode != "generative" else None
     generative = read_generative_data(config.generative_data) if config.mode != "embedding" else None
-    return embedding, generative
+    rag = read_rag_data(config.rag_data) if config.rag_data else None
+    return embedding, generative, rag
 
 
 def _check_output_dir(output_dir: Path, resume: bool) -> None:
@@ -322,7 +356,7 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
     output_dir = Path(config.output_dir)
     _check_output_dir(output_dir, resume)
     writer = _tensorboard_writer_class() if config.tensorboard else None
-    embedding_data, generative_data = _load_data(config)
+    embedding_data, generative_data, rag_data = _load_data(config)
 
     accelerator = _make_accelerator(config)
     set_seed(config.seed)
@@ -334,7 +368,7 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
                               num_training_steps=config.max_steps)
     model, optimizer = accelerator.prepare(GritTrainingModule(grit), optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    step_fn = TrainingStep(config, grit, model, accelerator, embedding_data, generative_data)
+    step_fn = TrainingStep(config, grit, model, accelerator, embedding_data, generative_data, rag_data)
 
     start_step = 0
     checkpoint = latest_checkpoint(output_dir) if resume else None
@@ -353,7 +387,8 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
     tensorboard = writer(str(output_dir / "tensorboard")) if writer and accelerator.is_main_process else None
 
     examples_per_step = accelerator.num_processes * (
-        (config.embedding_batch_size if embedding_data else 0) + (config.generative_batch_size if generative_data else 0))
+        (config.embedding_batch_size if embedding_data else 0) + (config.generative_batch_size if generative_data else 0)
+        + (config.rag_batch_size if rag_data else 0))
     bar = tqdm(total=config.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     for step in range(start_step, config.max_steps):
         started = time.perf_counter()

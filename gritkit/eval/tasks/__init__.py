@@ -14,7 +14,7 @@ from typing import Literal
 
 from gritkit.eval.result import Score
 from gritkit.eval.tasks import (bbh, classification, clustering, gsm8k, humaneval, mmlu, open_ended, pair_classification,
-                                perplexity, reranking, retrieval, sts, tydiqa)
+                                nq_open, perplexity, reranking, retrieval, sts, tydiqa)
 
 TaskKind = Literal["embedding", "generative"]
 
@@ -27,11 +27,14 @@ class Task:
     about: str
     run: Callable[..., Score]
     variant: str | None = None  # the keyword a "name:value" spec sets, e.g. bbh:boolean_expressions -> tasks=[...]
+    instruction: str | None = None  # embedding tasks: overrides the registry's instruction ("" = none)
 
 
 TASKS: dict[str, Task] = {
     # embedding: run(encoder, instruction=..., limit=...)
     "stsb": Task("embedding", "STS Benchmark test, Spearman of cosine", partial(sts.evaluate, path="stsb/stsb-en-test.csv")),
+    "stsb_noinstruction": Task("embedding", "STS Benchmark test without any instruction, Spearman of cosine",
+                               partial(sts.evaluate, path="stsb/stsb-en-test.csv"), instruction=""),
     "mrpc": Task("embedding", "MRPC test, max-F1 of cosine", partial(pair_classification.evaluate, path="mrpc/msr-para-test.tsv")),
     "banking77": Task("embedding", "Banking77, logistic regression on 8 train texts per label, accuracy",
                       partial(classification.evaluate, train_path="banking77/train.csv", test_path="banking77/test.csv")),
@@ -50,6 +53,8 @@ TASKS: dict[str, Task] = {
     # The shipped dev files have every gold answer blanked, so the English train split is scored.
     "tydiqa": Task("generative", "TyDi QA GoldP English (train: dev answers are blank), 1-shot, F1",
                    partial(tydiqa.evaluate, path="tydiqa_goldp/train/tydiqa.goldp.en.train.json")),
+    "nq_open": Task("generative", "NQ-open dev, closed book (no passage), answer match",
+                    partial(nq_open.evaluate, path="nq_open/NQ-open.dev.jsonl")),
     "humaneval": Task("generative", "HumanEval, greedy pass@1 (sandboxed subprocess)",
                       partial(humaneval.evaluate, path="humaneval/HumanEval.jsonl.gz")),
     "alpaca_eval": Task("generative", "AlpacaEval prompts, generate + save, completion rate",

@@ -1,0 +1,103 @@
+"""The cache-aware RAG training stream: it trains exactly what gritkit.rag runs at answer time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gritkit.rag import RAG, Index
+from gritkit.training import TrainingConfig, train
+from gritkit.training.data import DataError, RagExample, read_rag_data
+from gritkit.training.rag_stream import answer_logits, draw, layout, rag_loss, uncached_answer_logits
+
+PASSAGE = "The Eiffel Tower in Paris was completed in 1889 for the World's Fair."
+QUESTION = "When was the Eiffel Tower completed?"
+
+
+@pytest.fixture(scope="module")
+def eiffel_index(default_model, tmp_path_factory) -> Index:
+    index = Index.open(tmp_path_factory.mktemp("rag") / "index", default_model)
+    index.add([{"id": "eiffel", "text": PASSAGE}], cache_kv=True)
+    return index
+
+
+@pytest.mark.parametrize("mode", ["doc", "query", "query_doc", "doc_query"])
+def test_training_logits_equal_the_logits_rag_answers_from(default_model, eiffel_index, mode):
+    rag = RAG(default_model, eiffel_index)
+    first_token = rag.answer(QUESTION, cache=mode, k=1, max_new_tokens=1).text
+    inputs = layout(default_model, RagExample(QUESTION, [PASSAGE], "1889"), mode, [PASSAGE], default_model.max_length)
+    with torch.no_grad():
+        logits = answer_logits(default_model, inputs)
+    assert logits.shape == (len(inputs.answer_ids), default_model.config.vocab_size)
+    predicted = default_model.tokenizer.decode([int(logits[0].argmax())], skip_special_tokens=True).strip()
+    assert predicted == first_token
+
+
+def test_gradients_flow_through_the_cached_passage_states(tiny_model):
+    grit = tiny_model("llama")
+    passage = "zebra quartz lantern"
+    inputs = layout(grit, RagExample("What is it?", [passage], "a thing"), "doc", [passage], 64)
+    passage_only = set(grit.tokenizer(passage, add_special_tokens=False)["input_ids"])
+    passage_only -= set(inputs.prompt_ids) | set(inputs.answer_ids)
+    assert passage_only
+    loss = rag_loss(answer_logits(grit, inputs), inputs.answer_ids, "gold")
+    (grad,) = torch.autograd.grad(loss, grit.model.get_input_embeddings().weight)
+    # these tokens are only ever in the cache: a gradient on their embeddings went through its key/value states
+    assert all(grad[token].abs().sum() > 0 for token in passage_only)
+
+
+def test_distillation_is_zero_when_student_and_teacher_see_the_same_text(tiny_model):
+    grit = tiny_model("llama")
+    inputs = layout(grit, RagExample("Who?", ["Ada wrote it."], "Ada"), "doc", ["Ada wrote it."], 64)
+    teacher = uncached_answer_logits(grit, inputs)
+    assert rag_loss(teacher, inputs.answer_ids, "distill", teacher).item() == pytest.approx(0.0, abs=1e-6)
+    student = answer_logits(grit, inputs)
+    both = rag_loss(student, inputs.answer_ids, "gold+distill", teacher)
+    assert both > rag_loss(student, inputs.answer_ids, "gold")
+
+
+def test_draw_keeps_the_gold_passage_and_is_seeded(tiny_model):
+    grit = tiny_model("llama")
+    examples = [RagExample(f"q{i}", [f"gold {i}", f"distractor {i}"], f"a{i}") for i in range(4)]
+    first = draw(grit, examples, 2, ["doc", "query_doc"], 2, 64, np.random.default_rng(0))
+    again = draw(grit, examples, 2, ["doc", "query_doc"], 2, 64, np.random.default_rng(0))
+    assert first == again
+    texts = [text for _, text in first.segments]
+    assert "gold 2" in texts and len(texts) <= 3
+
+
+def test_malformed_rag_rows_are_reported(tmp_path):
+    path = tmp_path / "rag.jsonl"
+    path.write_text(json.dumps({"question": "q", "passages": [], "answer": "a"}) + "\n")
+    with pytest.raises(DataError, match="rag.jsonl:1: 'passages' must be a non-empty list"):
+        read_rag_data([path])
+
+
+def test_unified_training_with_the_rag_stream_logs_its_loss(tiny_model, tmp_path):
+    grit = tiny_model("llama")
+    base = tmp_path / "base"
+    grit.save_pretrained(base)
+    rows = {"emb": [{"query": f"q {i}", "positive": f"p {i}"} for i in range(4)],
+            "gen": [{"prompt": f"count {i}", "completion": f"{i}"} for i in range(4)],
+            "rag": [{"question": f"what is {i}?", "passages": [f"{i} is a number"], "answer": f"{i}"} for i in range(4)]}
+    for name, items in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    config = TrainingConfig(model=str(base), embedding_data=[str(tmp_path / "emb.jsonl")],
+                            generative_data=[str(tmp_path / "gen.jsonl")], rag_data=[str(tmp_path / "rag.jsonl")],
+                            max_steps=2, embedding_batch_size=2, generative_batch_size=2, rag_batch_size=2,
+                            output_dir=str(tmp_path / "run"), checkpoint_every=0)
+    history = train(config)
+    assert [row["step"] for row in history] == [1, 2]
+    assert all(np.isfinite(row["loss_rag"]) and row["loss_rag"] > 0 for row in history)
+    assert (Path(config.output_dir) / "adapter_config.json").is_file()
+
+
+def test_rag_options_are_checked():
+    with pytest.raises(ValueError, match="rag_cache_modes"):
+        TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_cache_modes=["none"]).validate()
+    with pytest.raises(ValueError, match="rag_target"):
+        TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_target="kl").validate()
