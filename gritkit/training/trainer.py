@@ -15,6 +15,7 @@ Output layout (``output_dir``)::
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -211,6 +212,8 @@ class TrainingStep:
                 loss = rag_stream.rag_loss(logits, inputs.answer_ids, config.rag_target, teacher) / len(local)
                 self.accelerator.backward(loss * config.rag_loss_weight)
             total += loss.detach()
+            del logits, loss, inputs
+            gc.collect()  # a DynamicCache holds reference cycles: free each question's graph before the next
         return total
 
     def generative_backward(self, step: int) -> torch.Tensor:

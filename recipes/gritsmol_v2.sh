@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# gritsmol v2: data, both training stages, the no-RAG-stream ablation arm, every evaluation and the report.
+# Each step is skipped when its output exists, so an interrupted run picks up where it stopped (training
+# resumes from its newest checkpoint). On 2 CPU cores: ~1 h per stage-2 arm, ~1-2 h of evaluation per model.
+#   recipes/gritsmol_v2.sh              # everything
+#   STEPS="train eval" recipes/gritsmol_v2.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d .venv ] && source .venv/bin/activate
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_WAIT_POLICY=PASSIVE
+out=results/gritsmol-v2
+threads=${THREADS:-1}
+steps=${STEPS:-"train eval rag report"}
+mkdir -p $out
+
+if [[ $steps == *train* ]]; then
+  [ -f data/gritsmol-mix/mix.json ] || gritkit data build data/gritsmol-mix --max-per-source 800
+  [ -f data/gritsmol-v2-mix/mix.json ] || gritkit data build data/gritsmol-v2-mix --max-per-source 1500
+  [ -f runs/gritsmol-unified/adapter_config.json ] || gritkit train recipes/gritsmol.yaml --resume      # stage 1 = v1
+  [ -f runs/gritsmol-v2/adapter_config.json ] || gritkit train recipes/gritsmol_v2.yaml --resume       # stage 2 = v2
+  if [ -n "${ABLATION:-}" ]; then  # the same stage 2 without the RAG stream
+    [ -f runs/gritsmol-v2-norag/adapter_config.json ] ||
+      gritkit train recipes/gritsmol_v2.yaml --rag-data "[]" --output-dir runs/gritsmol-v2-norag --resume
+  fi
+fi
+
+evaluate() {  # name model suite tasks limit
+  local limit=()
+  [ "$5" != all ] && limit=(--limit "$5")
+  [ -f $out/$1-$3.json ] || gritkit eval --model "$2" --name "$1" --tasks "$4" "${limit[@]}" --threads $threads --output $out/$1-$3.json
+}
+models=("v1 runs/gritsmol-unified" "v2 runs/gritsmol-v2")
+[ -n "${ABLATION:-}" ] && models+=("v2-norag runs/gritsmol-v2-norag")
+if [[ $steps == *eval* ]]; then
+  evaluate minilm st:minilm sts-full stsb,stsb_noinstruction all
+  evaluate minilm st:minilm msmarco-full msmarco all
+  for entry in "${models[@]}"; do
+    set -- $entry
+    # the v1 ablation suite, unchanged, so averages compare like for like
+    evaluate $1 $2 sentence stsb,mrpc,banking77,twentynewsgroups 200
+    evaluate $1 $2 reranking trecqa 30
+    evaluate $1 $2 retrieval msmarco 5
+    # enough examples to mean something
+    evaluate $1 $2 sts-full stsb,stsb_noinstruction all
+    evaluate $1 $2 msmarco-full msmarco all
+    evaluate $1 $2 generative-100 mmlu,perplexity,nq_open 100
+  done
+fi
+if [[ $steps == *rag* ]]; then
+  for entry in "${models[@]}"; do
+    set -- $entry
+    [ -f $out/$1-rag.json ] || python benchmarks/rag_quality.py --model "$2" --name "$1" --limit ${RAG_LIMIT:-100} \
+      --threads $threads --output $out/$1-rag.json
+  done
+fi
+if [[ $steps == *report* ]]; then
+  gritkit report $out/*-{sentence,reranking,retrieval,sts-full,msmarco-full,generative-100}.json --output-dir $out/report
+fi
