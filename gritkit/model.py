@@ -7,11 +7,14 @@ and the key/value caches the RAG module reuses.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -27,6 +30,9 @@ Attention = Literal["bidirectional", "causal"]
 Pooling = Literal["mean", "weighted_mean", "last"]
 ConvertTo = Literal["numpy", "torch", "list"]
 Quantize = Literal["int8"]
+
+CONFIG_FILENAME = "gritkit_config.json"
+PROMPT_FORMAT = "grit"  # <|user|>\n{instruction}\n<|embed|>\n{text}, see gritkit.prompts
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +90,9 @@ class GritLM:
         pooling: Pooling = "mean",
         max_length: int | None = None,
         name: str = "",
+        quantize: Quantize | None = None,
     ):
+        """Wrap a loaded decoder; ``quantize`` only records how ``model`` was already quantised."""
         if attention not in ("bidirectional", "causal"):
             raise ValueError(f"attention must be 'bidirectional' or 'causal', not {attention!r}")
         if pooling not in ("mean", "weighted_mean", "last"):
@@ -94,6 +102,8 @@ class GritLM:
         self.attention: Attention = attention
         self.pooling: Pooling = pooling
         self.name = name
+        self.quantize = quantize
+        self._fingerprint: str | None = None
         context = getattr(self.config, "max_position_embeddings", None) or 4096
         self.max_length = max_length or context
         if tokenizer.pad_token_id is None:
@@ -106,8 +116,8 @@ class GritLM:
         *,
         device: str | None = None,
         dtype: torch.dtype | None = None,
-        attention: Attention = "bidirectional",
-        pooling: Pooling = "mean",
+        attention: Attention | None = None,
+        pooling: Pooling | None = None,
         max_length: int | None = None,
         quantize: Quantize | None = None,
         merge_adapter: bool = True,
@@ -115,25 +125,55 @@ class GritLM:
         """Load a model offline from ``spec``: ``"default"``, ``"smollm2-base"``, a .gguf file,
         a model directory or a PEFT adapter directory. bf16 on GPU, fp32 on CPU.
 
+        Settings saved by :meth:`save_pretrained` (``gritkit_config.json``: attention, pooling,
+        max_length, quantisation) are the defaults; an argument given here overrides them.
         ``quantize="int8"`` (CPU, inference only) stores linear weights as int8 with dynamic
         activation quantisation: decoding reads 4x fewer bytes per token, so it runs ~3x faster;
         embeddings move with it (cosine ~0.9 to fp32 on the default), so index with one setting.
         A PEFT adapter (the default model is one) is merged into the weights unless ``merge_adapter=False``.
         """
+        saved = read_saved_config(spec)
+        attention = attention or saved.get("attention") or "bidirectional"
+        pooling = pooling or saved.get("pooling") or "mean"
+        max_length = max_length or saved.get("max_length")
+        quantize = quantize or saved.get("quantize")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         if quantize is not None:
             _check_quantize(quantize, device)  # before loading: a bad option should not cost a model load
         model, tokenizer = loading.load(spec, dtype=dtype, device=device, merge_adapter=merge_adapter)
+        grit = cls(model, tokenizer, attention=attention, pooling=pooling, max_length=max_length,
+                   name=str(spec or loading.DEFAULT_SPEC), quantize=quantize)
         if quantize is not None:
-            model = _quantize_int8(model)
-        return cls(model, tokenizer, attention=attention, pooling=pooling, max_length=max_length,
-                   name=str(spec or loading.DEFAULT_SPEC))
+            grit.fingerprint  # noqa: B018 (of the weights before quantising; the int8 ones cannot be read back)
+            grit.model = _quantize_int8(model)
+        return grit
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write weights (or the PEFT adapter) and tokenizer; ``from_pretrained`` reads it back."""
+        """Write weights (or the PEFT adapter), tokenizer and ``gritkit_config.json`` (the settings
+        and the weights' fingerprint); ``from_pretrained`` reads it back with the same settings."""
+        if self.quantize is not None:
+            raise ValueError(f"a {self.quantize} model cannot be saved: save the unquantised model and load it "
+                             f"with quantize={self.quantize!r}")
+        self._fingerprint = None  # the weights may have been trained since it was computed
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+        settings = {"prompt_format": PROMPT_FORMAT, "attention": self.attention, "pooling": self.pooling,
+                    "max_length": self.max_length, "quantize": self.quantize, "fingerprint": self.fingerprint}
+        (Path(directory) / CONFIG_FILENAME).write_text(json.dumps(settings, indent=2) + "\n")
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of what this model embeds with: sha256 over its weights (name order, bytes as held,
+        so the dtype counts) and its quantisation. Indexes and cached key/value states record it.
+
+        Computed on first use (about a second per GB) and cached; :meth:`save_pretrained` refreshes it.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256(weights_digest(self.model).encode())
+            digest.update(f"quantize={self.quantize}".encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     @property
     def config(self):
@@ -393,6 +433,37 @@ class GritLM:
         embedding, cache, token_ids = self.embedding_pass_with_cache(text, instruction, attention=attention,
                                                                      max_length=max_length)
         return F.normalize(embedding.float(), dim=-1).cpu().numpy(), cache, token_ids
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over a module's state dict in name order: each name, dtype, shape and the raw bytes."""
+    digest, seen = hashlib.sha256(), {}
+    for name, tensor in sorted(model.state_dict().items()):
+        key = (tensor.data_ptr(), tensor.dtype, tensor.shape)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{seen.get(key, '')};".encode())
+        if key in seen:  # tied weights (embeddings = LM head): hashed once
+            continue
+        seen[key] = name
+        tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(tensor.view(torch.uint8).numpy())  # raw bytes: bf16 has no numpy dtype
+    return digest.hexdigest()
+
+
+def read_saved_config(spec: str | os.PathLike | None) -> dict:
+    """The settings a :meth:`GritLM.save_pretrained` directory records, else ``{}``."""
+    if spec is None or str(spec) in (loading.DEFAULT_SPEC, loading.BASE_SPEC):
+        return {}
+    if not (Path(spec).expanduser() / CONFIG_FILENAME).is_file():
+        return {}
+    path = Path(spec).expanduser() / CONFIG_FILENAME
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise loading.ModelLoadError(f"could not read {path}: {error}") from error
+    if saved.get("prompt_format", PROMPT_FORMAT) != PROMPT_FORMAT:
+        raise loading.ModelLoadError(f"{path} asks for prompt format {saved['prompt_format']!r}; "
+                                     f"this gritkit knows {PROMPT_FORMAT!r}")
+    return saved
 
 
 def _check_quantize(quantize: str, device: str) -> None:
