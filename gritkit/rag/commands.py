@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-index_app = typer.Typer(no_args_is_help=True, help="A persistent GRIT index: add, search, delete, stats.")
+index_app = typer.Typer(no_args_is_help=True, help="A persistent GRIT index: add, search, delete, stats, rebuild.")
 
 IndexOption = Annotated[Path, typer.Option("--index", "-x", help="Index directory")]
 ModelOption = Annotated[Optional[str], typer.Option(
@@ -136,6 +136,14 @@ def search(
         snippet = passage.text if len(passage.text) < 200 else passage.text[:200] + "..."
         table.add_row(str(rank), f"{passage.score:.4f}", passage.id, snippet)
     Console().print(table)
+
+
+@index_app.command("rebuild")
+def rebuild(index: IndexOption, model: ModelOption = None) -> None:
+    """Re-embed every stored chunk with a model (after the model changed); cached key/value states are dropped."""
+    with _open(index, model, need_model=True, rebuild=True) as opened:
+        typer.echo(f"re-embedded {opened.stats()['chunks']} chunks of {len(opened)} documents with "
+                   f"{opened.model_name!r}", err=True)
 
 
 @index_app.command("delete")
