@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from gritkit.prompts import SEARCH_INSTRUCTION
+
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="'default', 'smollm2-base', a .gguf file, a model or adapter dir")]
 
 
@@ -63,7 +65,7 @@ def embed(
 def similarity(
     query: str,
     documents: list[str],
-    instruction: Annotated[str, typer.Option("--instruction", "-i", help="Instruction for the query")] = "Given a query, retrieve relevant passages",
+    instruction: Annotated[str, typer.Option("--instruction", "-i", help="Instruction for the query")] = SEARCH_INSTRUCTION,
     model: ModelOption = "default",
 ) -> None:
     """Cosine similarity of a query (with instruction) against documents (without), best first."""

@@ -3,7 +3,11 @@
 * embedding: ``<|user|>\\n{instruction}\\n<|embed|>\\n{text}`` (``<|embed|>\\n{text}`` without one);
 * chat: the model's own chat template, else GRIT's ``<|user|>``/``<|assistant|>`` format;
 * RAG: the question/passage layouts of the paper's Table 7, with the text that follows cached
-  segments rendered as a follow-up turn of the chat template.
+  segments rendered as a follow-up turn of the chat template;
+* instructions: the RAG ones, the generic search one, and the per-task embedding instructions
+  (in the style of the GritLM paper's appendix, after E5-Mistral): queries get the instruction and
+  documents none (retrieval, reranking); in symmetric tasks (STS, pair classification,
+  classification, clustering) every text gets it.
 
 Everything here is plain text in, text out (a tokenizer only to read its chat template), so the
 model, training, RAG, eval and the server all build the same strings.
@@ -24,6 +28,10 @@ QUERY_FIRST_INSTRUCTION = "Optionally using the prior context answer the query p
 DOC_FIRST_INSTRUCTION = "Answer the prior query while optionally using the context prior to it"
 # The instruction a RAG question is embedded with (retrieval and query caching alike).
 RAG_QUERY_INSTRUCTION = "Given a question, retrieve passages that answer it"
+# A query searching passages, when no task says more (``gritkit similarity``, retrieval and reranking).
+SEARCH_INSTRUCTION = "Given a query, retrieve relevant passages"
+
+# Per-task embedding instructions; keys are gritkit task names and MTEB task names.
 
 
 def embedding_prefix(instruction: str = "") -> str:
@@ -95,3 +103,40 @@ def rag_prompt(tokenizer, question: str, documents: Sequence[str], cache: CacheM
         "doc_query": DOC_FIRST_INSTRUCTION,
     }[cache]
     return follow_up_turn(tokenizer, content) + answer_prefix
+
+
+INSTRUCTIONS: dict[str, str] = {
+    # gritkit tasks
+    "stsb": "Retrieve semantically similar text",
+    "mrpc": "Retrieve sentences that are paraphrases of the given sentence",
+    "banking77": "Given a online banking query, find the corresponding intents",
+    "twentynewsgroups": "Identify the topic or theme of the given news articles",
+    "trecqa": "Given a question, retrieve sentences that answer the question",
+    "wikiqa": "Given a question, retrieve Wikipedia sentences that answer the question",
+    "msmarco": "Given a web search query, retrieve relevant passages that answer the query",
+    # MTEB names of the same or related tasks, as in the paper
+    "STSBenchmark": "Retrieve semantically similar text",
+    "Banking77Classification": "Given a online banking query, find the corresponding intents",
+    "TwentyNewsgroupsClustering": "Identify the topic or theme of the given news articles",
+    "MSMARCO": "Given a web search query, retrieve relevant passages that answer the query",
+    "SprintDuplicateQuestions": "Retrieve duplicate questions from Sprint forum",
+    "TwitterSemEval2015": "Retrieve tweets that are semantically similar to the given tweet",
+    "AskUbuntuDupQuestions": "Retrieve duplicate questions from AskUbuntu forum",
+    "SciFact": "Given a scientific claim, retrieve documents that support or refute the claim",
+    "NFCorpus": "Given a question, retrieve relevant documents that best answer the question",
+}
+
+TYPE_INSTRUCTIONS: dict[str, str] = {
+    "sts": "Retrieve semantically similar text",
+    "pairclassification": "Retrieve text that is semantically equivalent to the given text",
+    "classification": "Classify the given text into its category",
+    "clustering": "Identify the topic or theme of the given text",
+    "reranking": SEARCH_INSTRUCTION,
+    "retrieval": SEARCH_INSTRUCTION,
+}
+
+
+def instruction_for(task: str, task_type: str = "") -> str:
+    """The query instruction of ``task`` (gritkit or MTEB name), else the generic one of its type."""
+    type_key = "".join(char for char in task_type.lower() if char.isalpha())  # "PairClassification", "pair_classification"
+    return INSTRUCTIONS.get(task) or TYPE_INSTRUCTIONS.get(type_key, "")

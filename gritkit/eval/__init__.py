@@ -12,7 +12,7 @@ import importlib
 # Names load on first use, so the CLI can list ``gritkit eval`` without importing torch.
 _EXPORTS = {"Encoder": "gritkit.eval.encoders", "GritEncoder": "gritkit.eval.encoders",
             "SentenceTransformerEncoder": "gritkit.specs", "load_model": "gritkit.specs",
-            "INSTRUCTIONS": "gritkit.eval.instructions", "instruction_for": "gritkit.eval.instructions",
+            "INSTRUCTIONS": "gritkit.prompts", "instruction_for": "gritkit.prompts",
             "write_report": "gritkit.eval.report", "Record": "gritkit.results", "Score": "gritkit.results",
             "load_records": "gritkit.results", "save_records": "gritkit.results", "evaluate": "gritkit.eval.runner",
             "run_task": "gritkit.eval.runner", "GROUPS": "gritkit.eval.tasks", "TASKS": "gritkit.eval.tasks"}

@@ -13,7 +13,7 @@ from pathlib import Path
 from gritkit import GritLM
 from gritkit.eval.encoders import Encoder, as_encoder
 from gritkit.specs import load_model
-from gritkit.eval.instructions import instruction_for
+from gritkit.prompts import instruction_for
 from gritkit.results import Record, save_records
 from gritkit.eval.tasks import TASKS, parse_tasks
 
