@@ -7,6 +7,7 @@ and the key/value caches the RAG module reuses.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -24,7 +25,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from gritkit import loading
-from gritkit.prompts import Message, chat_prompt, embedding_prefix, grit_chat_prompt  # noqa: F401 (re-exported)
+from gritkit.prompts import (Message, chat_prompt, continuation_prompt, embedding_prefix,  # noqa: F401 (re-exported)
+                             grit_chat_prompt)
 
 Attention = Literal["bidirectional", "causal"]
 Pooling = Literal["mean", "weighted_mean", "last"]
@@ -205,7 +207,8 @@ class GritLM:
     ) -> EmbeddingBatch:
         """Tokenise ``prefix + text`` per item; the prefix (instruction) is masked out of pooling.
 
-        Prefix and text are tokenised apart and joined, so the instruction boundary is exact.
+        The text's ids are those of the joint tokenisation of ``prefix + text`` and the pooling mask
+        starts where the prefix's own tokens end, so the instruction boundary is exact.
         """
         _check_texts(texts)
         instructions = [instruction] * len(texts) if isinstance(instruction, str) else list(instruction)
@@ -213,9 +216,12 @@ class GritLM:
             raise ValueError(f"{len(instructions)} instructions for {len(texts)} texts")
         max_length = max_length or self.max_length
         rows, prefix_lengths, truncated = [], [], 0
+        prefixes: dict[str, list[int]] = {}
         for text, instr in zip(texts, instructions):
-            prefix = self.tokenizer(embedding_prefix(instr), add_special_tokens=True)["input_ids"]
-            body = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if instr not in prefixes:
+                prefixes[instr] = self.tokenizer(embedding_prefix(instr), add_special_tokens=True)["input_ids"]
+            prefix = prefixes[instr]
+            body = self._text_ids_after(prefix, embedding_prefix(instr), text)
             room = max_length - len(prefix)
             if room < 1:
                 raise ValueError(f"instruction alone is {len(prefix)} tokens, over max_length={max_length}")
@@ -235,6 +241,18 @@ class GritLM:
         attention_mask = (positions[None, :] < lengths[:, None]).long()
         pooling_mask = attention_mask * (positions[None, :] >= torch.tensor(prefix_lengths)[:, None]).long()
         return EmbeddingBatch(input_ids, attention_mask, pooling_mask)
+
+    def _text_ids_after(self, prefix_ids: list[int], prefix: str, text: str) -> list[int]:
+        """The text's token ids as the joint tokenisation of ``prefix + text`` has them (GritLM's way).
+
+        A SentencePiece tokenizer with a prefix space (Llama-2, Mistral) puts "▁" before a text
+        tokenised alone, not after the prefix's newline. Where the joint ids do not begin with the
+        prefix's (a merge across the boundary), the text is tokenised alone so the boundary stays exact.
+        """
+        joint = self.tokenizer(prefix + text, add_special_tokens=True)["input_ids"]
+        if joint[:len(prefix_ids)] == prefix_ids:
+            return joint[len(prefix_ids):]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       *, attention: Attention | None = None) -> torch.Tensor:
@@ -304,12 +322,19 @@ class GritLM:
                 raise TypeError(f"messages[{index}] must be a dict with 'role' and 'content' (str)")
         return chat_prompt(self.tokenizer, messages)
 
-    def prompt_ids(self, prompt: str | Sequence[Message]) -> list[int]:
-        """Token ids for a raw completion prompt (str) or a conversation (list of messages)."""
+    def prompt_ids(self, prompt: str | Sequence[Message], *, after_cache: bool = False) -> list[int]:
+        """Token ids for a raw completion prompt (str) or a conversation (list of messages).
+
+        ``after_cache``: the prompt continues cached tokens, so no start-of-sequence token and no
+        system preamble; messages are rendered as later turns of the chat template.
+        """
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt is empty")
-            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            return self.tokenizer(prompt, add_special_tokens=not after_cache)["input_ids"]
+        if after_cache:
+            self.chat_prompt(prompt)  # the same checks of the messages
+            return self.tokenizer(continuation_prompt(self.tokenizer, prompt), add_special_tokens=False)["input_ids"]
         return self.tokenizer(self.chat_prompt(prompt), add_special_tokens=False)["input_ids"]
 
     def stop_token_ids(self) -> set[int]:
@@ -321,9 +346,12 @@ class GritLM:
     @torch.inference_mode()
     def prefill(self, input_ids: Sequence[int] | torch.Tensor, past_key_values: DynamicCache | None = None,
                 *, attention: Attention = "causal") -> tuple[DynamicCache, torch.Tensor]:
-        """Run tokens through the model, appending to ``past_key_values``; returns the cache and last logits."""
+        """Run tokens through the model after ``past_key_values``; returns the extended cache and the last logits.
+
+        The caller's cache is not changed: the returned cache is a new one that shares its tensors.
+        """
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
-        cache = past_key_values if past_key_values is not None else DynamicCache(config=self.config)
+        cache = _fork(past_key_values) if past_key_values is not None else DynamicCache(config=self.config)
         output = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
                             is_causal=attention == "causal", logits_to_keep=1)
         return output.past_key_values, output.logits[0, -1]
@@ -373,8 +401,10 @@ class GritLM:
         """Generate a reply to a conversation (list of messages) or continue a raw prompt (str).
 
         ``stream=True`` returns an iterator of text pieces; ``stop`` strings end the text (excluded).
+        With ``past_key_values`` the prompt continues the cached tokens (no BOS, no system preamble,
+        messages as later turns); the cache itself is left as it was.
         """
-        pieces = self.stream_text(self.prompt_ids(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
+        pieces = self.stream_text(self.prompt_ids(prompt, after_cache=past_key_values is not None), max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, stop=stop, seed=seed, past_key_values=past_key_values)
         return pieces if stream else "".join(pieces)
 
@@ -433,6 +463,16 @@ class GritLM:
         embedding, cache, token_ids = self.embedding_pass_with_cache(text, instruction, attention=attention,
                                                                      max_length=max_length)
         return F.normalize(embedding.float(), dim=-1).cpu().numpy(), cache, token_ids
+
+
+def _fork(cache: DynamicCache) -> DynamicCache:
+    """A cache the caller's is safe from: dynamic layers grow by ``torch.cat`` (new tensors), so copies
+    of the layer objects can share the tensors; any other kind of cache is copied whole."""
+    if not all(type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for layer in cache.layers):
+        return copy.deepcopy(cache)
+    forked = copy.copy(cache)
+    forked.layers = [copy.copy(layer) for layer in cache.layers]
+    return forked
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -58,22 +58,27 @@ def chat_prompt(tokenizer, messages: Sequence[Message]) -> str:
     return (tokenizer.bos_token or "") + grit_chat_prompt(messages)
 
 
-def follow_up_turn(tokenizer, content: str) -> str:
-    """A user turn rendered as the chat template renders a later message of a conversation.
+def continuation_prompt(tokenizer, messages: Sequence[Message]) -> str:
+    """Messages rendered as the chat template renders later turns of a conversation, up to the reply.
 
-    No start-of-sequence token and no second system preamble; a newline first, as in GritLM's
-    ``<|embed|>\\n{doc}\\n<|user|>\\n...`` layout. Used for the text after cached segments.
+    No start-of-sequence token and no system preamble: the text continues a cache. Found as the
+    suffix the messages add to a short rendered history.
     """
-    message = {"role": "user", "content": content}
     if not tokenizer.chat_template:
-        return "\n" + grit_chat_prompt([message])
+        return grit_chat_prompt(messages)
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     before = tokenizer.apply_chat_template(history, tokenize=False)
-    full = tokenizer.apply_chat_template([*history, message], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template([*history, *messages], add_generation_prompt=True, tokenize=False)
     if not full.startswith(before):
         raise ValueError("the model's chat template does not render a follow-up turn as a suffix of the "
                          "conversation, so it cannot continue after cached segments")
-    return "\n" + full[len(before):]
+    return full[len(before):]
+
+
+def follow_up_turn(tokenizer, content: str) -> str:
+    """A user turn after cached segments: a newline first, as in GritLM's ``<|embed|>\\n{doc}\\n<|user|>\\n...``
+    layout, then :func:`continuation_prompt`. Used for the text after cached segments in RAG."""
+    return "\n" + continuation_prompt(tokenizer, [{"role": "user", "content": content}])
 
 
 def cached_segment_kinds(cache: CacheMode) -> tuple[str, ...]:
