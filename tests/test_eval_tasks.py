@@ -66,6 +66,7 @@ def test_read_table_header_detection(tmp_path):
         data.resolve("no/such/file.csv")
 
 
+@pytest.mark.needs_data
 def test_loaders_on_the_real_files():
     stsb = sts.load_pairs("stsb/stsb-en-test.csv")
     assert len(stsb) == 1379 and stsb[0] == ("A girl is styling her hair.", "A girl is brushing her hair.", 2.5)
@@ -165,6 +166,7 @@ def test_grit_encoder_runs_a_task_with_a_tiny_model(tiny_model, tmp_path):
 
 # ---------------------------------------------------------------- generative tasks on a tiny random model
 
+@pytest.mark.needs_data
 def test_generative_tasks_run_end_to_end(tiny_model, tmp_path):
     model = tiny_model("llama")
     assert 0 <= mmlu.evaluate(model, "mmlu", limit=3, shots=1).value <= 1
@@ -180,6 +182,7 @@ def test_generative_tasks_run_end_to_end(tiny_model, tmp_path):
     assert score.n == 2 and score.extra["mean_tokens"] <= 3 and {"instruction", "output", "generator"} <= set(score.outputs[0])
 
 
+@pytest.mark.needs_data
 def test_perplexity_of_a_random_model_is_about_the_vocabulary_size(tiny_model):
     model = tiny_model("llama")
     value = perplexity.evaluate(model, "alpaca_eval/alpaca_eval.jsonl", limit=2).value
@@ -194,6 +197,7 @@ def test_generative_task_needs_a_grit_model():
 
 # ---------------------------------------------------------------- HumanEval execution
 
+@pytest.mark.needs_data
 def test_humaneval_runs_a_correct_and_a_wrong_completion():
     problem = data.read_jsonl("humaneval/HumanEval.jsonl.gz")[0]
     assert humaneval.run_program(humaneval.check_program(problem, problem["canonical_solution"])) == (True, "")

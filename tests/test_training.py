@@ -325,6 +325,7 @@ def test_example_recipe_documents_every_option_with_its_default():
 
 # ---------------------------------------------------------------- data build
 
+@pytest.mark.needs_data
 def test_data_build_uses_train_splits_only(tmp_path):
     from gritkit.training.build import build_training_mix
 
