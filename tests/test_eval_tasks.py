@@ -67,7 +67,7 @@ def test_read_table_header_detection(tmp_path):
 
 
 @pytest.mark.needs_data
-def test_loaders_on_the_real_files():
+def test_loaders_on_the_real_files(tmp_path):
     stsb = sts.load_pairs("stsb/stsb-en-test.csv")
     assert len(stsb) == 1379 and stsb[0] == ("A girl is styling her hair.", "A girl is brushing her hair.", 2.5)
     mrpc = sts.load_pairs("mrpc/msr-para-test.tsv")
@@ -87,8 +87,13 @@ def test_loaders_on_the_real_files():
     examples, prompts = bbh.load_bbh("bbh")
     assert len(examples) == 6511 and len(prompts) == 27 and "canary" not in prompts["navigate"]
     assert len(tydiqa.load_squad("tydiqa_goldp/train/tydiqa.goldp.en.train.json")) == 3696
+    dev = tydiqa.load_squad("tydiqa_goldp/dev/tydiqa.goldp.en.dev.json")  # its answers were once blanked
+    assert len(dev) == 440 and all(answer.strip() for item in dev for answer in item.answers)
+    blanked = tmp_path / "blanked.json"
+    blanked.write_text(json.dumps({"data": [{"paragraphs": [{"context": "c", "qas": [
+        {"id": "1", "question": "q", "answers": [{"text": "", "answer_start": 0}]}]}]}]}))
     with pytest.raises(ValueError, match="gold answer is empty"):
-        tydiqa.load_squad("tydiqa_goldp/dev/tydiqa.goldp.en.dev.json")
+        tydiqa.load_squad(blanked)
     assert len(open_ended.load_instructions("alpaca_eval/alpaca_eval.jsonl")) == 805
     user = open_ended.load_instructions("selfinstruct_user_oriented/user_oriented_instructions.jsonl")
     assert len(user) == 252 and user[0].endswith("please let me know.")  # instruction, then its input

@@ -14,12 +14,12 @@ from gritkit.eval.report import collect, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATION_MODELS = ("minilm", "base", "embedding-only", "generative-only", "unified")
+ABLATION_FILES = [path for model in ABLATION_MODELS for path in sorted(ROOT.glob(f"results/ablation/{model}-*.json"))]
 
 # (page, the results files in the order of its `gritkit report` command)
 TABLES = {
-    "README ablation": ("README.md", [p for m in ABLATION_MODELS for p in sorted(ROOT.glob(f"results/ablation/{m}-*.json"))]),
-    "results/ablation/report": ("results/ablation/report/report.md",
-                                [p for m in ABLATION_MODELS for p in sorted(ROOT.glob(f"results/ablation/{m}-*.json"))]),
+    "README ablation": ("README.md", ABLATION_FILES),
+    "results/ablation/report": ("results/ablation/report/report.md", ABLATION_FILES),
     "docs/eval.md base vs minilm": ("docs/eval.md", sorted(ROOT.glob("results/*.json"))),
     "results/report": ("results/report/report.md", sorted(ROOT.glob("results/*.json"))),
 }

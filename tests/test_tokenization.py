@@ -85,7 +85,8 @@ def test_generation_after_a_cache_adds_no_bos_or_preamble(default_model):
     fresh = tokenizer.decode(default_model.prompt_ids(messages))
     assert "system" in fresh and "system" not in after  # SmolLM2's template adds a default system turn
     assert after.startswith("<|im_start|>user") and fresh.endswith(after)
-    assert default_model.prompt_ids("raw text", after_cache=True) == tokenizer("raw text", add_special_tokens=False)["input_ids"]
+    raw = tokenizer("raw text", add_special_tokens=False)["input_ids"]
+    assert default_model.prompt_ids("raw text", after_cache=True) == raw
     expected = default_model.generate_ids(default_model.prompt_ids(messages, after_cache=True), past_key_values=cache,
                                           max_new_tokens=6)
     assert default_model.generate(messages, past_key_values=cache, max_new_tokens=6) == tokenizer.decode(

@@ -188,8 +188,9 @@ class Index:
         settings = self.settings()
         if "dim" not in settings:
             return  # empty and never written: any model may start it
-        rebuild = (f"Use the model it was built with, or re-embed the index with this one: gritkit index rebuild "
-                   f"--index {self.path} --model {model.name or 'SPEC'} (Python: Index.open(path, model, rebuild=True))")
+        rebuild = (f"Use the model it was built with, or re-embed the index with this one: gritkit index "
+                   f"rebuild --index {self.path} --model {model.name or 'SPEC'} "
+                   "(Python: Index.open(path, model, rebuild=True))")
         built_with = f"{self.path} was built with model {settings.get('model')!r}"
         if "fingerprint" not in settings:
             raise StaleIndexError(f"{built_with} before gritkit recorded model fingerprints, so which weights made "
@@ -209,7 +210,8 @@ class Index:
         rows = self.db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
         texts = [text for _, text in rows]
         vectors = model.encode(texts, batch_size=batch_size) if texts else []
-        token_counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        token_ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        token_counts = [len(ids) for ids in token_ids]
         with self._transaction():
             self.db.executemany("UPDATE chunks SET vector = ?, tokens = ? WHERE id = ?",
                                 [(np.asarray(vector, dtype=np.float32).tobytes(), tokens, chunk_id)
