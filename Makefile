@@ -23,7 +23,7 @@ demo: setup
 	$(PY) examples/demo.py
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 clean-cache:
 	rm -rf $${GRITKIT_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/gritkit}

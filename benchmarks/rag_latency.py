@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import string
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +29,8 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from gritkit import GritLM  # noqa: E402
-from gritkit.paths import data_dir  # noqa: E402
+from gritkit.eval.metrics import normalize_answer  # noqa: E402
+from gritkit.eval.tasks.tydiqa import load_squad  # noqa: E402
 from gritkit.rag import RAG, Index  # noqa: E402
 
 # (label, cache mode, order, k): the rows of the paper's Table 7.
@@ -50,15 +49,13 @@ BASELINE = {"Query caching": "RAG query-doc", "Query-doc caching": "RAG query-do
 
 
 def tydiqa(split: str) -> list[dict]:
-    """TyDi QA gold-passage questions (English) with their passage and answers."""
-    path = data_dir() / "tydiqa_goldp" / split / f"tydiqa.goldp.en.{split}.json"
-    rows = [{"question": qa["question"], "context": paragraph["context"],
-             "answers": [a["text"] for a in qa["answers"] if a["text"].strip()]}
-            for article in json.loads(path.read_text())["data"] for paragraph in article["paragraphs"]
-            for qa in paragraph["qas"]]
-    if not any(row["answers"] for row in rows):
-        raise SystemExit(f"{path} has no gold answer strings (the shared dev copy has them blanked); "
-                         "use --tydiqa-split train")
+    """TyDi QA gold-passage questions (English) with their passage and non-empty answers (eval's loader)."""
+    try:
+        items = load_squad(f"tydiqa_goldp/{split}/tydiqa.goldp.en.{split}.json")
+    except ValueError as error:  # every gold answer blanked
+        raise SystemExit(f"{error}; use --tydiqa-split train") from error
+    rows = [{"question": item.question, "context": item.context, "answers": [a for a in item.answers if a.strip()]}
+            for item in items]
     return [row for row in rows if row["answers"]]
 
 
@@ -111,12 +108,6 @@ def run_latency(model: GritLM, lengths: list[int], repeats: int, max_new_tokens:
     return results
 
 
-def normalize(text: str) -> str:
-    """SQuAD answer normalisation: lower case, no punctuation, articles or extra spaces."""
-    text = "".join(c for c in text.lower() if c not in string.punctuation)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
 def run_quality(model: GritLM, split: str, limit: int, corpus_size: int, max_new_tokens: int,
                 answer_prefix: str) -> dict:
     rows = tydiqa(split)
@@ -133,7 +124,7 @@ def run_quality(model: GritLM, split: str, limit: int, corpus_size: int, max_new
         for row in tqdm(questions, desc="quality", unit="question"):
             for label, cache, order, k in MODES:
                 answer = rag.answer(row["question"], cache=cache, order=order, k=k, max_new_tokens=max_new_tokens)
-                matches[label].append(any(normalize(gold) in normalize(answer.text) for gold in row["answers"]))
+                matches[label].append(any(normalize_answer(gold) in normalize_answer(answer.text) for gold in row["answers"]))
                 if label == "RAG query-doc":
                     retrieved.append(answer.passages[0].doc_id == gold_ids[row["context"]])
         index.close()

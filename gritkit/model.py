@@ -7,11 +7,15 @@ and the key/value caches the RAG module reuses.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -21,12 +25,16 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from gritkit import loading
-from gritkit.prompts import Message, chat_prompt, embedding_prefix, grit_chat_prompt  # noqa: F401 (re-exported)
+from gritkit.prompts import (Message, chat_prompt, continuation_prompt, embedding_prefix,  # noqa: F401 (re-exported)
+                             grit_chat_prompt)
 
 Attention = Literal["bidirectional", "causal"]
 Pooling = Literal["mean", "weighted_mean", "last"]
 ConvertTo = Literal["numpy", "torch", "list"]
 Quantize = Literal["int8"]
+
+CONFIG_FILENAME = "gritkit_config.json"
+PROMPT_FORMAT = "grit"  # <|user|>\n{instruction}\n<|embed|>\n{text}, see gritkit.prompts
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +92,9 @@ class GritLM:
         pooling: Pooling = "mean",
         max_length: int | None = None,
         name: str = "",
+        quantize: Quantize | None = None,
     ):
+        """Wrap a loaded decoder; ``quantize`` only records how ``model`` was already quantised."""
         if attention not in ("bidirectional", "causal"):
             raise ValueError(f"attention must be 'bidirectional' or 'causal', not {attention!r}")
         if pooling not in ("mean", "weighted_mean", "last"):
@@ -94,6 +104,8 @@ class GritLM:
         self.attention: Attention = attention
         self.pooling: Pooling = pooling
         self.name = name
+        self.quantize = quantize
+        self._fingerprint: str | None = None
         context = getattr(self.config, "max_position_embeddings", None) or 4096
         self.max_length = max_length or context
         if tokenizer.pad_token_id is None:
@@ -106,8 +118,8 @@ class GritLM:
         *,
         device: str | None = None,
         dtype: torch.dtype | None = None,
-        attention: Attention = "bidirectional",
-        pooling: Pooling = "mean",
+        attention: Attention | None = None,
+        pooling: Pooling | None = None,
         max_length: int | None = None,
         quantize: Quantize | None = None,
         merge_adapter: bool = True,
@@ -115,25 +127,55 @@ class GritLM:
         """Load a model offline from ``spec``: ``"default"``, ``"smollm2-base"``, a .gguf file,
         a model directory or a PEFT adapter directory. bf16 on GPU, fp32 on CPU.
 
+        Settings saved by :meth:`save_pretrained` (``gritkit_config.json``: attention, pooling,
+        max_length, quantisation) are the defaults; an argument given here overrides them.
         ``quantize="int8"`` (CPU, inference only) stores linear weights as int8 with dynamic
         activation quantisation: decoding reads 4x fewer bytes per token, so it runs ~3x faster;
         embeddings move with it (cosine ~0.9 to fp32 on the default), so index with one setting.
         A PEFT adapter (the default model is one) is merged into the weights unless ``merge_adapter=False``.
         """
+        saved = read_saved_config(spec)
+        attention = attention or saved.get("attention") or "bidirectional"
+        pooling = pooling or saved.get("pooling") or "mean"
+        max_length = max_length or saved.get("max_length")
+        quantize = quantize or saved.get("quantize")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         if quantize is not None:
             _check_quantize(quantize, device)  # before loading: a bad option should not cost a model load
         model, tokenizer = loading.load(spec, dtype=dtype, device=device, merge_adapter=merge_adapter)
+        grit = cls(model, tokenizer, attention=attention, pooling=pooling, max_length=max_length,
+                   name=str(spec or loading.DEFAULT_SPEC), quantize=quantize)
         if quantize is not None:
-            model = _quantize_int8(model)
-        return cls(model, tokenizer, attention=attention, pooling=pooling, max_length=max_length,
-                   name=str(spec or loading.DEFAULT_SPEC))
+            grit.fingerprint  # noqa: B018 (of the weights before quantising; the int8 ones cannot be read back)
+            grit.model = _quantize_int8(model)
+        return grit
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write weights (or the PEFT adapter) and tokenizer; ``from_pretrained`` reads it back."""
+        """Write weights (or the PEFT adapter), tokenizer and ``gritkit_config.json`` (the settings
+        and the weights' fingerprint); ``from_pretrained`` reads it back with the same settings."""
+        if self.quantize is not None:
+            raise ValueError(f"a {self.quantize} model cannot be saved: save the unquantised model and load it "
+                             f"with quantize={self.quantize!r}")
+        self._fingerprint = None  # the weights may have been trained since it was computed
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+        settings = {"prompt_format": PROMPT_FORMAT, "attention": self.attention, "pooling": self.pooling,
+                    "max_length": self.max_length, "quantize": self.quantize, "fingerprint": self.fingerprint}
+        (Path(directory) / CONFIG_FILENAME).write_text(json.dumps(settings, indent=2) + "\n")
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of what this model embeds with: sha256 over its weights (name order, bytes as held,
+        so the dtype counts) and its quantisation. Indexes and cached key/value states record it.
+
+        Computed on first use (about a second per GB) and cached; :meth:`save_pretrained` refreshes it.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256(weights_digest(self.model).encode())
+            digest.update(f"quantize={self.quantize}".encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     @property
     def config(self):
@@ -165,7 +207,8 @@ class GritLM:
     ) -> EmbeddingBatch:
         """Tokenise ``prefix + text`` per item; the prefix (instruction) is masked out of pooling.
 
-        Prefix and text are tokenised apart and joined, so the instruction boundary is exact.
+        The text's ids are those of the joint tokenisation of ``prefix + text`` and the pooling mask
+        starts where the prefix's own tokens end, so the instruction boundary is exact.
         """
         _check_texts(texts)
         instructions = [instruction] * len(texts) if isinstance(instruction, str) else list(instruction)
@@ -173,9 +216,12 @@ class GritLM:
             raise ValueError(f"{len(instructions)} instructions for {len(texts)} texts")
         max_length = max_length or self.max_length
         rows, prefix_lengths, truncated = [], [], 0
+        prefixes: dict[str, list[int]] = {}
         for text, instr in zip(texts, instructions):
-            prefix = self.tokenizer(embedding_prefix(instr), add_special_tokens=True)["input_ids"]
-            body = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if instr not in prefixes:
+                prefixes[instr] = self.tokenizer(embedding_prefix(instr), add_special_tokens=True)["input_ids"]
+            prefix = prefixes[instr]
+            body = self._text_ids_after(prefix, embedding_prefix(instr), text)
             room = max_length - len(prefix)
             if room < 1:
                 raise ValueError(f"instruction alone is {len(prefix)} tokens, over max_length={max_length}")
@@ -195,6 +241,18 @@ class GritLM:
         attention_mask = (positions[None, :] < lengths[:, None]).long()
         pooling_mask = attention_mask * (positions[None, :] >= torch.tensor(prefix_lengths)[:, None]).long()
         return EmbeddingBatch(input_ids, attention_mask, pooling_mask)
+
+    def _text_ids_after(self, prefix_ids: list[int], prefix: str, text: str) -> list[int]:
+        """The text's token ids as the joint tokenisation of ``prefix + text`` has them (GritLM's way).
+
+        A SentencePiece tokenizer with a prefix space (Llama-2, Mistral) puts "▁" before a text
+        tokenised alone, not after the prefix's newline. Where the joint ids do not begin with the
+        prefix's (a merge across the boundary), the text is tokenised alone so the boundary stays exact.
+        """
+        joint = self.tokenizer(prefix + text, add_special_tokens=True)["input_ids"]
+        if joint[:len(prefix_ids)] == prefix_ids:
+            return joint[len(prefix_ids):]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       *, attention: Attention | None = None) -> torch.Tensor:
@@ -264,12 +322,19 @@ class GritLM:
                 raise TypeError(f"messages[{index}] must be a dict with 'role' and 'content' (str)")
         return chat_prompt(self.tokenizer, messages)
 
-    def prompt_ids(self, prompt: str | Sequence[Message]) -> list[int]:
-        """Token ids for a raw completion prompt (str) or a conversation (list of messages)."""
+    def prompt_ids(self, prompt: str | Sequence[Message], *, after_cache: bool = False) -> list[int]:
+        """Token ids for a raw completion prompt (str) or a conversation (list of messages).
+
+        ``after_cache``: the prompt continues cached tokens, so no start-of-sequence token and no
+        system preamble; messages are rendered as later turns of the chat template.
+        """
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt is empty")
-            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            return self.tokenizer(prompt, add_special_tokens=not after_cache)["input_ids"]
+        if after_cache:
+            self.chat_prompt(prompt)  # the same checks of the messages
+            return self.tokenizer(continuation_prompt(self.tokenizer, prompt), add_special_tokens=False)["input_ids"]
         return self.tokenizer(self.chat_prompt(prompt), add_special_tokens=False)["input_ids"]
 
     def stop_token_ids(self) -> set[int]:
@@ -281,9 +346,12 @@ class GritLM:
     @torch.inference_mode()
     def prefill(self, input_ids: Sequence[int] | torch.Tensor, past_key_values: DynamicCache | None = None,
                 *, attention: Attention = "causal") -> tuple[DynamicCache, torch.Tensor]:
-        """Run tokens through the model, appending to ``past_key_values``; returns the cache and last logits."""
+        """Run tokens through the model after ``past_key_values``; returns the extended cache and the last logits.
+
+        The caller's cache is not changed: the returned cache is a new one that shares its tensors.
+        """
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
-        cache = past_key_values if past_key_values is not None else DynamicCache(config=self.config)
+        cache = _fork(past_key_values) if past_key_values is not None else DynamicCache(config=self.config)
         output = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
                             is_causal=attention == "causal", logits_to_keep=1)
         return output.past_key_values, output.logits[0, -1]
@@ -333,8 +401,11 @@ class GritLM:
         """Generate a reply to a conversation (list of messages) or continue a raw prompt (str).
 
         ``stream=True`` returns an iterator of text pieces; ``stop`` strings end the text (excluded).
+        With ``past_key_values`` the prompt continues the cached tokens (no BOS, no system preamble,
+        messages as later turns); the cache itself is left as it was.
         """
-        pieces = self.stream_text(self.prompt_ids(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
+        input_ids = self.prompt_ids(prompt, after_cache=past_key_values is not None)
+        pieces = self.stream_text(input_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, stop=stop, seed=seed, past_key_values=past_key_values)
         return pieces if stream else "".join(pieces)
 
@@ -393,6 +464,47 @@ class GritLM:
         embedding, cache, token_ids = self.embedding_pass_with_cache(text, instruction, attention=attention,
                                                                      max_length=max_length)
         return F.normalize(embedding.float(), dim=-1).cpu().numpy(), cache, token_ids
+
+
+def _fork(cache: DynamicCache) -> DynamicCache:
+    """A cache the caller's is safe from: dynamic layers grow by ``torch.cat`` (new tensors), so copies
+    of the layer objects can share the tensors; any other kind of cache is copied whole."""
+    if not all(type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for layer in cache.layers):
+        return copy.deepcopy(cache)
+    forked = copy.copy(cache)
+    forked.layers = [copy.copy(layer) for layer in cache.layers]
+    return forked
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over a module's state dict in name order: each name, dtype, shape and the raw bytes."""
+    digest, seen = hashlib.sha256(), {}
+    for name, tensor in sorted(model.state_dict().items()):
+        key = (tensor.data_ptr(), tensor.dtype, tensor.shape)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{seen.get(key, '')};".encode())
+        if key in seen:  # tied weights (embeddings = LM head): hashed once
+            continue
+        seen[key] = name
+        tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(tensor.view(torch.uint8).numpy())  # raw bytes: bf16 has no numpy dtype
+    return digest.hexdigest()
+
+
+def read_saved_config(spec: str | os.PathLike | None) -> dict:
+    """The settings a :meth:`GritLM.save_pretrained` directory records, else ``{}``."""
+    if spec is None or str(spec) in (loading.DEFAULT_SPEC, loading.BASE_SPEC):
+        return {}
+    if not (Path(spec).expanduser() / CONFIG_FILENAME).is_file():
+        return {}
+    path = Path(spec).expanduser() / CONFIG_FILENAME
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise loading.ModelLoadError(f"could not read {path}: {error}") from error
+    if saved.get("prompt_format", PROMPT_FORMAT) != PROMPT_FORMAT:
+        raise loading.ModelLoadError(f"{path} asks for prompt format {saved['prompt_format']!r}; "
+                                     f"this gritkit knows {PROMPT_FORMAT!r}")
+    return saved
 
 
 def _check_quantize(quantize: str, device: str) -> None:

@@ -3,7 +3,11 @@
 * embedding: ``<|user|>\\n{instruction}\\n<|embed|>\\n{text}`` (``<|embed|>\\n{text}`` without one);
 * chat: the model's own chat template, else GRIT's ``<|user|>``/``<|assistant|>`` format;
 * RAG: the question/passage layouts of the paper's Table 7, with the text that follows cached
-  segments rendered as a follow-up turn of the chat template.
+  segments rendered as a follow-up turn of the chat template;
+* instructions: the RAG ones, the generic search one, and the per-task embedding instructions
+  (in the style of the GritLM paper's appendix, after E5-Mistral): queries get the instruction and
+  documents none (retrieval, reranking); in symmetric tasks (STS, pair classification,
+  classification, clustering) every text gets it.
 
 Everything here is plain text in, text out (a tokenizer only to read its chat template), so the
 model, training, RAG, eval and the server all build the same strings.
@@ -24,6 +28,10 @@ QUERY_FIRST_INSTRUCTION = "Optionally using the prior context answer the query p
 DOC_FIRST_INSTRUCTION = "Answer the prior query while optionally using the context prior to it"
 # The instruction a RAG question is embedded with (retrieval and query caching alike).
 RAG_QUERY_INSTRUCTION = "Given a question, retrieve passages that answer it"
+# A query searching passages, when no task says more (``gritkit similarity``, retrieval and reranking).
+SEARCH_INSTRUCTION = "Given a query, retrieve relevant passages"
+
+# Per-task embedding instructions; keys are gritkit task names and MTEB task names.
 
 
 def embedding_prefix(instruction: str = "") -> str:
@@ -50,22 +58,27 @@ def chat_prompt(tokenizer, messages: Sequence[Message]) -> str:
     return (tokenizer.bos_token or "") + grit_chat_prompt(messages)
 
 
-def follow_up_turn(tokenizer, content: str) -> str:
-    """A user turn rendered as the chat template renders a later message of a conversation.
+def continuation_prompt(tokenizer, messages: Sequence[Message]) -> str:
+    """Messages rendered as the chat template renders later turns of a conversation, up to the reply.
 
-    No start-of-sequence token and no second system preamble; a newline first, as in GritLM's
-    ``<|embed|>\\n{doc}\\n<|user|>\\n...`` layout. Used for the text after cached segments.
+    No start-of-sequence token and no system preamble: the text continues a cache. Found as the
+    suffix the messages add to a short rendered history.
     """
-    message = {"role": "user", "content": content}
     if not tokenizer.chat_template:
-        return "\n" + grit_chat_prompt([message])
+        return grit_chat_prompt(messages)
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     before = tokenizer.apply_chat_template(history, tokenize=False)
-    full = tokenizer.apply_chat_template([*history, message], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template([*history, *messages], add_generation_prompt=True, tokenize=False)
     if not full.startswith(before):
         raise ValueError("the model's chat template does not render a follow-up turn as a suffix of the "
                          "conversation, so it cannot continue after cached segments")
-    return "\n" + full[len(before):]
+    return full[len(before):]
+
+
+def follow_up_turn(tokenizer, content: str) -> str:
+    """A user turn after cached segments: a newline first, as in GritLM's ``<|embed|>\\n{doc}\\n<|user|>\\n...``
+    layout, then :func:`continuation_prompt`. Used for the text after cached segments in RAG."""
+    return "\n" + continuation_prompt(tokenizer, [{"role": "user", "content": content}])
 
 
 def cached_segment_kinds(cache: CacheMode) -> tuple[str, ...]:
@@ -95,3 +108,40 @@ def rag_prompt(tokenizer, question: str, documents: Sequence[str], cache: CacheM
         "doc_query": DOC_FIRST_INSTRUCTION,
     }[cache]
     return follow_up_turn(tokenizer, content) + answer_prefix
+
+
+INSTRUCTIONS: dict[str, str] = {
+    # gritkit tasks
+    "stsb": "Retrieve semantically similar text",
+    "mrpc": "Retrieve sentences that are paraphrases of the given sentence",
+    "banking77": "Given a online banking query, find the corresponding intents",
+    "twentynewsgroups": "Identify the topic or theme of the given news articles",
+    "trecqa": "Given a question, retrieve sentences that answer the question",
+    "wikiqa": "Given a question, retrieve Wikipedia sentences that answer the question",
+    "msmarco": "Given a web search query, retrieve relevant passages that answer the query",
+    # MTEB names of the same or related tasks, as in the paper
+    "STSBenchmark": "Retrieve semantically similar text",
+    "Banking77Classification": "Given a online banking query, find the corresponding intents",
+    "TwentyNewsgroupsClustering": "Identify the topic or theme of the given news articles",
+    "MSMARCO": "Given a web search query, retrieve relevant passages that answer the query",
+    "SprintDuplicateQuestions": "Retrieve duplicate questions from Sprint forum",
+    "TwitterSemEval2015": "Retrieve tweets that are semantically similar to the given tweet",
+    "AskUbuntuDupQuestions": "Retrieve duplicate questions from AskUbuntu forum",
+    "SciFact": "Given a scientific claim, retrieve documents that support or refute the claim",
+    "NFCorpus": "Given a question, retrieve relevant documents that best answer the question",
+}
+
+TYPE_INSTRUCTIONS: dict[str, str] = {
+    "sts": "Retrieve semantically similar text",
+    "pairclassification": "Retrieve text that is semantically equivalent to the given text",
+    "classification": "Classify the given text into its category",
+    "clustering": "Identify the topic or theme of the given text",
+    "reranking": SEARCH_INSTRUCTION,
+    "retrieval": SEARCH_INSTRUCTION,
+}
+
+
+def instruction_for(task: str, task_type: str = "") -> str:
+    """The query instruction of ``task`` (gritkit or MTEB name), else the generic one of its type."""
+    type_key = "".join(char for char in task_type.lower() if char.isalpha())  # "PairClassification", "pair_classification"
+    return INSTRUCTIONS.get(task) or TYPE_INSTRUCTIONS.get(type_key, "")

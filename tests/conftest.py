@@ -14,6 +14,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from gritkit import GritLM  # noqa: E402
+from gritkit.paths import data_dir  # noqa: E402
+
+REQUIRE_DATA = "GRITKIT_REQUIRE_DATA"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_data: reads the shared data sets (../shared/data or $GRITKIT_DATA); "
+                                       f"skipped when they are absent, an error when {REQUIRE_DATA}=1 (CI)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without the data sets, tests marked ``needs_data`` are skipped with the reason; CI must not skip."""
+    needing = [item for item in items if item.get_closest_marker("needs_data")]
+    folder = data_dir()
+    if not needing or (folder.is_dir() and any(folder.iterdir())):
+        return
+    if os.environ.get(REQUIRE_DATA) == "1":
+        raise pytest.UsageError(f"{REQUIRE_DATA}=1 but the shared data sets are not at {folder} "
+                                f"({len(needing)} tests need them); set GRITKIT_DATA")
+    skip = pytest.mark.skip(reason=f"needs the shared data sets, not found at {folder} (set GRITKIT_DATA)")
+    for item in needing:
+        item.add_marker(skip)
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

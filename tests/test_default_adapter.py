@@ -47,6 +47,7 @@ def test_the_default_is_the_adapter_merged_and_cached(default_model):
     np.testing.assert_allclose(default_model.encode(texts), through_peft.encode(texts), atol=1e-5)
 
 
+@pytest.mark.needs_data
 def test_the_default_embeds_far_better_than_the_base(default_model, base_model):
     default = run_task(default_model, "stsb", limit=STS_LIMIT).value
     base = run_task(base_model, "stsb", limit=STS_LIMIT).value

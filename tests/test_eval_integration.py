@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 
+@pytest.mark.needs_data
 def test_cli_eval_and_report(tmp_path):
     runner = CliRunner()
     default_json, minilm_json = tmp_path / "default.json", tmp_path / "minilm.json"
@@ -44,6 +45,7 @@ def test_cli_rejects_bad_input(tmp_path):
     assert runner.invoke(app, ["report", str(tmp_path / "missing.json")]).exit_code == 2
 
 
+@pytest.mark.needs_data
 def test_mteb_evaluate_offline_matches_our_sts(default_model):
     import mteb
     from mteb.models.models_protocols import EncoderProtocol

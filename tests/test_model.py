@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -137,6 +138,32 @@ def test_save_and_load_roundtrip(tiny_model, tmp_path):
     np.testing.assert_allclose(loaded.encode("same text"), model.encode("same text"), atol=1e-6)
 
 
+def test_saved_settings_and_fingerprint_reload(tiny_model, tmp_path):
+    model = tiny_model("llama", pooling="last", attention="causal", max_length=64)
+    model.save_pretrained(tmp_path / "tiny")
+    saved = json.loads((tmp_path / "tiny" / "gritkit_config.json").read_text())
+    assert saved == {"prompt_format": "grit", "attention": "causal", "pooling": "last", "max_length": 64,
+                     "quantize": None, "fingerprint": model.fingerprint}
+    loaded = GritLM.from_pretrained(str(tmp_path / "tiny"))
+    assert (loaded.pooling, loaded.attention, loaded.max_length) == ("last", "causal", 64)
+    assert loaded.fingerprint == model.fingerprint  # the same weights by path are the same model
+    np.testing.assert_array_equal(loaded.encode("same text"), model.encode("same text"))
+    assert GritLM.from_pretrained(str(tmp_path / "tiny"), pooling="mean").pooling == "mean"  # an argument wins
+    other = tiny_model("qwen2")
+    assert other.fingerprint != model.fingerprint
+    with torch.no_grad():
+        loaded.model.model.norm.weight.add_(1e-3)
+    loaded.save_pretrained(tmp_path / "changed")  # a save refreshes the fingerprint of changed weights
+    assert loaded.fingerprint != model.fingerprint
+
+
+def test_unknown_prompt_format_is_a_load_error(tiny_model, tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "tiny")
+    (tmp_path / "tiny" / "gritkit_config.json").write_text(json.dumps({"prompt_format": "e5"}))
+    with pytest.raises(ModelLoadError, match="prompt format 'e5'"):
+        GritLM.from_pretrained(str(tmp_path / "tiny"))
+
+
 def test_base_plus_peft_adapter_directory_loads(tiny_model, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -188,3 +215,6 @@ def test_int8_quantised_model_still_embeds_and_answers(default_model):
     assert fp32_first_token in quantised.prefill(ids)[1].topk(5).indices.tolist()
     with pytest.raises(ValueError, match="int8"):
         GritLM.from_pretrained(quantize="int4")
+    assert quantised.fingerprint != default_model.fingerprint  # an index of fp32 vectors refuses int8
+    with pytest.raises(ValueError, match="cannot be saved"):
+        quantised.save_pretrained("unused")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from gritkit import GritLM
 from gritkit.cli import app
-from gritkit.eval.result import Record, save_records
+from gritkit.results import Record, save_records
 from gritkit.paths import data_dir
 from gritkit.training import DataError, TrainingConfig, gradcache_backward, info_nce_loss, next_token_loss, train
 from gritkit.training.data import (IGNORE_INDEX, BatchPlan, GenerativeExample, read_embedding_data,
@@ -325,6 +325,7 @@ def test_example_recipe_documents_every_option_with_its_default():
 
 # ---------------------------------------------------------------- data build
 
+@pytest.mark.needs_data
 def test_data_build_uses_train_splits_only(tmp_path):
     from gritkit.training.build import build_training_mix
 

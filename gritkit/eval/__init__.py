@@ -7,12 +7,19 @@ Example::
     print(write_report(["results/default.json", "results/minilm.json"], output_dir="results/report"))
 """
 
-from gritkit.eval.encoders import Encoder, GritEncoder, SentenceTransformerEncoder, load_model
-from gritkit.eval.instructions import INSTRUCTIONS, instruction_for
-from gritkit.eval.report import write_report
-from gritkit.eval.result import Record, Score, load_records, save_records
-from gritkit.eval.runner import evaluate, run_task
-from gritkit.eval.tasks import GROUPS, TASKS
+import importlib
 
-__all__ = ["Encoder", "GROUPS", "GritEncoder", "INSTRUCTIONS", "Record", "Score", "SentenceTransformerEncoder", "TASKS",
-           "evaluate", "instruction_for", "load_model", "load_records", "run_task", "write_report", "save_records"]
+# Names load on first use, so the CLI can list ``gritkit eval`` without importing torch.
+_EXPORTS = {"Encoder": "gritkit.eval.encoders", "GritEncoder": "gritkit.eval.encoders",
+            "SentenceTransformerEncoder": "gritkit.specs", "load_model": "gritkit.specs",
+            "INSTRUCTIONS": "gritkit.prompts", "instruction_for": "gritkit.prompts",
+            "write_report": "gritkit.eval.report", "Record": "gritkit.results", "Score": "gritkit.results",
+            "load_records": "gritkit.results", "save_records": "gritkit.results", "evaluate": "gritkit.eval.runner",
+            "run_task": "gritkit.eval.runner", "GROUPS": "gritkit.eval.tasks", "TASKS": "gritkit.eval.tasks"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gritkit.eval' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

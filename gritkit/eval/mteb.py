@@ -26,7 +26,7 @@ from mteb.types import PromptType
 
 from gritkit import GritLM
 from gritkit.eval.data import subset
-from gritkit.eval.instructions import INSTRUCTIONS
+from gritkit.prompts import INSTRUCTIONS
 from gritkit.eval.tasks.sts import load_pairs
 
 

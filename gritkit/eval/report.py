@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gritkit.eval import metrics
-from gritkit.eval.result import Record, load_records
+from gritkit.results import Record, load_records
 from gritkit.eval.tasks import TASKS
 
 # Metrics that are not fractions in [0, 1]: shown as they are, and left out of the bar chart.

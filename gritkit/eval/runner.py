@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gritkit import GritLM
-from gritkit.eval.encoders import Encoder, as_encoder, load_model
-from gritkit.eval.instructions import instruction_for
-from gritkit.eval.result import Record, save_records
+from gritkit.eval.encoders import Encoder, as_encoder
+from gritkit.specs import load_model
+from gritkit.prompts import instruction_for
+from gritkit.results import Record, save_records
 from gritkit.eval.tasks import TASKS, parse_tasks
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def outputs_path(output: str | Path, task: str) -> Path:
 
 
 def run_task(model: GritLM | Encoder, spec: str, *, limit: int | None = None, chat: bool = True):
-    """Run one task spec ("stsb", "bbh:navigate") and return its :class:`~gritkit.eval.result.Score`."""
+    """Run one task spec ("stsb", "bbh:navigate") and return its :class:`~gritkit.results.Score`."""
     name, _, variant = spec.partition(":")
     task = TASKS[name]
     if task.kind == "embedding":
@@ -65,7 +66,7 @@ def evaluate(
     """
     specs = parse_tasks(tasks if isinstance(tasks, str) else ",".join(tasks))
     if isinstance(model, str):
-        model = load_model(model)
+        model = load_model(model, embedding_only=True)
     label = name or model.name
     commit = git_commit()
     records: list[Record] = []

@@ -14,8 +14,8 @@ Example::
 import importlib
 
 # Names load on first use, so ``gritkit.rag.kv`` (training's cache-aware stream) needs no faiss.
-_EXPORTS = {"Index": "index", "Passage": "index", "chunk_text": "index", "Segment": "kv", "build_cache": "kv",
-            "rotate_keys": "kv", "KVStore": "kvstore", "RAG": "rag", "Answer": "rag", "CacheMode": "rag", "Order": "rag"}
+_EXPORTS = {"Index": "index", "Passage": "index", "chunk_text": "index", "StaleIndexError": "index",
+            "Segment": "kv", "build_cache": "kv", "rotate_keys": "kv", "KVStore": "kvstore", "RAG": "rag", "Answer": "rag", "CacheMode": "rag", "Order": "rag"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -10,17 +10,14 @@ from typing import Annotated, Optional
 
 import typer
 
-index_app = typer.Typer(no_args_is_help=True, help="A persistent GRIT index: add, search, delete, stats.")
+from gritkit.commands import fail, load_model
+
+index_app = typer.Typer(no_args_is_help=True, help="A persistent GRIT index: add, search, delete, stats, rebuild.")
 
 IndexOption = Annotated[Path, typer.Option("--index", "-x", help="Index directory")]
 ModelOption = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Model spec; defaults to the one the index was built with, else 'default'")]
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    return typer.Exit(2)
 
 
 def parse_size(text: str) -> int | None:
@@ -73,16 +70,15 @@ def _stored_model(index_dir: Path) -> str | None:
 
 
 def _open(index_dir: Path, model_spec: str | None, *, need_model: bool, must_exist: bool = True, **kwargs):
-    from gritkit.cli import load_model
     from gritkit.rag import Index
 
     if must_exist and not (index_dir / "index.sqlite").exists():
-        raise _fail(f"no index at {index_dir} (create one with: gritkit index add FILES --index {index_dir})")
+        raise fail(f"no index at {index_dir} (create one with: gritkit index add FILES --index {index_dir})")
     model = load_model(model_spec or _stored_model(index_dir) or "default") if need_model else None
     try:
         return Index.open(index_dir, model, **kwargs)
     except ValueError as error:
-        raise _fail(str(error)) from error
+        raise fail(str(error)) from error
 
 
 @index_app.command("add")
@@ -102,13 +98,13 @@ def add(
         documents = list(read_documents(paths))
         budget = parse_size(kv_budget)
     except (ValueError, OSError) as error:
-        raise _fail(str(error)) from error
+        raise fail(str(error)) from error
     with _open(index, model, need_model=True, must_exist=False, kv_budget_bytes=budget) as opened:
         try:
             chunks = opened.add(documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
                                 batch_size=batch_size, cache_kv=cache_kv, show_progress_bar=True)
         except (ValueError, TypeError) as error:
-            raise _fail(str(error)) from error
+            raise fail(str(error)) from error
         typer.echo(f"added {len(documents)} documents ({chunks} chunks); index has {len(opened)} documents", err=True)
 
 
@@ -136,6 +132,14 @@ def search(
         snippet = passage.text if len(passage.text) < 200 else passage.text[:200] + "..."
         table.add_row(str(rank), f"{passage.score:.4f}", passage.id, snippet)
     Console().print(table)
+
+
+@index_app.command("rebuild")
+def rebuild(index: IndexOption, model: ModelOption = None) -> None:
+    """Re-embed every stored chunk with a model (after the model changed); cached key/value states are dropped."""
+    with _open(index, model, need_model=True, rebuild=True) as opened:
+        typer.echo(f"re-embedded {opened.stats()['chunks']} chunks of {len(opened)} documents with "
+                   f"{opened.model_name!r}", err=True)
 
 
 @index_app.command("delete")
@@ -172,7 +176,7 @@ def ask(
             answer = RAG(opened.model, opened).answer(question, cache=cache, k=k, order=order,
                                                       max_new_tokens=max_new_tokens, temperature=temperature)
         except ValueError as error:
-            raise _fail(str(error)) from error
+            raise fail(str(error)) from error
     if as_json:
         print(json.dumps({"answer": answer.text, "cache": answer.cache, "timings": answer.timings,
                           "passages": [{"id": p.id, "score": p.score, "text": p.text} for p in answer.passages]}))

@@ -11,6 +11,11 @@ document is either fully in the index or not at all. The faiss file is derived d
 atomically (temporary file + ``os.replace``) after each ``add``/``delete`` and, when opened, checked
 against the chunk ids in SQLite and rebuilt from the stored vectors if they differ (e.g. after a
 ``kill -9`` in the middle of ``add``).
+
+The settings record which model made the vectors: its fingerprint (weights and quantisation),
+attention and pooling. Opening, adding to or answering from the index with a model that embeds
+differently raises :class:`StaleIndexError` (re-embed with ``Index.open(path, model, rebuild=True)``
+or ``gritkit index rebuild``); key/value segments are keyed by chunk, kind and fingerprint.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +57,19 @@ CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id);
 """
 
 
+class StaleIndexError(ValueError):
+    """The index's vectors (or cached key/value states) were made by a model that embeds differently."""
+
+
+# What a model must share with the one that built an index for its vectors to be comparable.
+IDENTITY_KEYS = ("fingerprint", "attention", "pooling")
+
+
+def model_identity(model: GritLM) -> dict[str, str]:
+    """The settings an index records about the model that embeds into it."""
+    return {"fingerprint": model.fingerprint, "attention": model.attention, "pooling": model.pooling}
+
+
 @dataclass
 class Passage:
     """One retrieved chunk: ``id`` is ``"<doc_id>#<position>"``; ``score`` is the cosine similarity."""
@@ -63,6 +80,15 @@ class Passage:
     score: float
     chunk_id: int
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _record_model(db: sqlite3.Connection, model: GritLM) -> None:
+    settings = {"dim": str(model.embedding_dim), "model": model.name, **model_identity(model)}
+    db.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?)", list(settings.items()))
+
+
+def _short(value: str | None) -> str:
+    return "none" if value is None else value[:12] if len(value) == 64 else repr(value)
 
 
 def _check_chunking(size: int, overlap: int, unit: str) -> None:
@@ -125,37 +151,86 @@ class Index:
         self.vectors: faiss.IndexIDMap = self._load_vectors()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, model: GritLM | None = None, *,
-             query_instruction: str = QUERY_INSTRUCTION, kv_budget_bytes: int | None = DEFAULT_KV_BUDGET) -> Index:
+    def open(cls, path: str | os.PathLike, model: GritLM | None = None, *, query_instruction: str = QUERY_INSTRUCTION,
+             kv_budget_bytes: int | None = DEFAULT_KV_BUDGET, rebuild: bool = False) -> Index:
         """Open the index at ``path``, creating it if missing. Without a model only delete, stats and
-        search by vector work."""
+        search by vector work.
+
+        A ``model`` that embeds differently from the one that built the index (another fingerprint,
+        attention or pooling) raises :class:`StaleIndexError`; ``rebuild=True`` re-embeds every stored
+        chunk with it instead (one transaction) and drops the cached key/value states.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path / "index.sqlite", isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
-        settings = dict(db.execute("SELECT key, value FROM settings"))
-        if model is not None:
-            if "dim" not in settings:
-                db.executemany("INSERT INTO settings VALUES (?, ?)",
-                               [("dim", str(model.embedding_dim)), ("model", model.name)])
-                settings = {"dim": str(model.embedding_dim), "model": model.name}
-            elif int(settings["dim"]) != model.embedding_dim:
-                db.close()
-                raise ValueError(f"{path} holds {settings['dim']}-d vectors from model {settings.get('model')!r}; "
-                                 f"the given model embeds in {model.embedding_dim} dimensions")
-            elif settings.get("model") != model.name:
-                warnings.warn(f"{path} was built with model {settings.get('model')!r}, searching it with "
-                              f"{model.name!r}", stacklevel=2)
+        if model is not None and not db.execute("SELECT 1 FROM settings WHERE key = 'dim'").fetchone():
+            _record_model(db, model)
         index = cls(path, model, db, KVStore(path / "kv", kv_budget_bytes), query_instruction)
+        if model is not None:
+            try:
+                index.check_model(model)
+            except StaleIndexError:
+                if not rebuild:
+                    index.close()
+                    raise
+                index._reembed(model)
         index._drop_orphan_kv()
         return index
+
+    def settings(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM settings"))
+
+    def check_model(self, model: GritLM) -> None:
+        """Raise :class:`StaleIndexError` unless ``model`` embeds the way the index's vectors were made."""
+        settings = self.settings()
+        if "dim" not in settings:
+            return  # empty and never written: any model may start it
+        rebuild = (f"Use the model it was built with, or re-embed the index with this one: gritkit index "
+                   f"rebuild --index {self.path} --model {model.name or 'SPEC'} "
+                   "(Python: Index.open(path, model, rebuild=True))")
+        built_with = f"{self.path} was built with model {settings.get('model')!r}"
+        if "fingerprint" not in settings:
+            raise StaleIndexError(f"{built_with} before gritkit recorded model fingerprints, so which weights made "
+                                  f"its vectors is unknown. {rebuild}")
+        if int(settings["dim"]) != model.embedding_dim:
+            raise StaleIndexError(f"{built_with}, which embeds in {settings['dim']}-d vectors; {model.name!r} "
+                                  f"embeds in {model.embedding_dim} dimensions. {rebuild}")
+        theirs, ours = {k: settings.get(k) for k in IDENTITY_KEYS}, model_identity(model)
+        if theirs != ours:
+            differences = ", ".join(f"{key} {_short(theirs[key])} vs {_short(ours[key])}"
+                                    for key in IDENTITY_KEYS if theirs[key] != ours[key])
+            raise StaleIndexError(f"{built_with}; {model.name!r} embeds differently ({differences}), so its "
+                                  f"queries would not match the stored vectors. {rebuild}")
+
+    def _reembed(self, model: GritLM, batch_size: int = 32) -> None:
+        """Embed every stored chunk again with ``model``, in one transaction; cached key/value states go."""
+        rows = self.db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
+        texts = [text for _, text in rows]
+        vectors = model.encode(texts, batch_size=batch_size) if texts else []
+        token_ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        token_counts = [len(ids) for ids in token_ids]
+        with self._transaction():
+            self.db.executemany("UPDATE chunks SET vector = ?, tokens = ? WHERE id = ?",
+                                [(np.asarray(vector, dtype=np.float32).tobytes(), tokens, chunk_id)
+                                 for (chunk_id, _), vector, tokens in zip(rows, vectors, token_counts)])
+            self.db.execute("DELETE FROM settings")
+            _record_model(self.db, model)
+        self.kv.delete(self.kv.keys())
+        self._rebuild_vectors()
 
     @property
     def dim(self) -> int | None:
         row = self.db.execute("SELECT value FROM settings WHERE key = 'dim'").fetchone()
         return int(row[0]) if row else None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the model that made the vectors (``GritLM.fingerprint``)."""
+        row = self.db.execute("SELECT value FROM settings WHERE key = 'fingerprint'").fetchone()
+        return row[0] if row else None
 
     @property
     def model_name(self) -> str | None:
@@ -340,7 +415,8 @@ class Index:
         documents, = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()
         chunks, tokens = self.db.execute("SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM chunks").fetchone()
         kv = self.kv.stats()
-        return {"path": str(self.path), "model": self.model_name, "dim": self.dim, "documents": documents,
+        return {"path": str(self.path), "model": self.model_name, "dim": self.dim,
+                "fingerprint": self.fingerprint, "documents": documents,
                 "chunks": chunks, "tokens": tokens, "vectors": self.vectors.ntotal,
                 "search": "exact (faiss IndexFlatIP)",
                 "kv_entries": kv["entries"], "kv_bytes": kv["bytes"], "kv_bytes_per_token": kv["bytes_per_token"],
@@ -348,9 +424,9 @@ class Index:
 
     # ------------------------------------------------------------ key/value caches
 
-    @staticmethod
-    def _kv_key(chunk_id: int, attention: Attention) -> str:
-        return f"{chunk_id}-{attention}"
+    def _kv_key(self, chunk_id: int, attention: Attention) -> str:
+        """Segments are keyed by chunk, kind and the fingerprint of the model that computed them."""
+        return f"{chunk_id}-{attention}-{(self.fingerprint or 'none')[:16]}"
 
     def _drop_orphan_kv(self) -> None:
         live = {str(i) for i in self._chunk_ids()}
@@ -362,6 +438,7 @@ class Index:
         ``model``, default the index's) and stored. Returns the segment and whether it was computed now.
         """
         model = model or self._require_model()
+        self.check_model(model)  # another model's states would be silently wrong
         attention = attention or model.attention
         key = self._kv_key(passage.chunk_id, attention)
         segment = self.kv.get(key)

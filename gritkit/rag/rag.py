@@ -56,6 +56,8 @@ class RAG:
     """
 
     def __init__(self, model: GritLM, index: Index, *, answer_prefix: str = ""):
+        """Raises :class:`~gritkit.rag.index.StaleIndexError` if ``model`` does not embed as the index was built."""
+        index.check_model(model)
         self.model = model
         self.index = index
         self.answer_prefix = answer_prefix

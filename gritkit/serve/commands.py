@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from gritkit.commands import load_model
+
 
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help="'default', 'smollm2-base', a .gguf file, "
@@ -34,7 +36,6 @@ def serve(
     """Serve embeddings, chat and completions over the OpenAI API (base URL http://HOST:PORT/v1)."""
     import uvicorn
 
-    from gritkit.cli import load_model
     from gritkit.serve.app import create_app
 
     if not api_key and not _is_loopback(host):

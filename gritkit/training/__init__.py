@@ -7,11 +7,16 @@ Example::
                          max_steps=100, output_dir="runs/my-model"))
 """
 
-from gritkit.training.config import TrainingConfig
-from gritkit.training.data import DataError, read_embedding_data, read_generative_data
-from gritkit.training.gradcache import RandContext, gradcache_backward
-from gritkit.training.losses import info_nce_loss, next_token_loss
-from gritkit.training.trainer import train
+import importlib
 
-__all__ = ["DataError", "RandContext", "TrainingConfig", "gradcache_backward", "info_nce_loss", "next_token_loss",
-           "read_embedding_data", "read_generative_data", "train"]
+# Names load on first use, so the CLI can list ``gritkit train`` without importing torch.
+_EXPORTS = {"TrainingConfig": "config", "DataError": "data", "read_embedding_data": "data",
+            "read_generative_data": "data", "RandContext": "gradcache", "gradcache_backward": "gradcache",
+            "info_nce_loss": "losses", "next_token_loss": "losses", "train": "trainer"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gritkit.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"gritkit.training.{_EXPORTS[name]}"), name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from gritkit.eval.result import Record, load_records, save_records
+from gritkit.results import Record, load_records, save_records
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 COPIED_FILES = ("adapter_config.json", "training_config.yaml", "metrics.jsonl")

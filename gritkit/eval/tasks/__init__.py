@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-from gritkit.eval.result import Score
+from gritkit.results import Score
 from gritkit.eval.tasks import (bbh, classification, clustering, gsm8k, humaneval, mmlu, open_ended, pair_classification,
                                 nq_open, perplexity, reranking, retrieval, sts, tydiqa)
 

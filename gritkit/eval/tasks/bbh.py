@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from gritkit import GritLM
 from gritkit.eval.data import resolve, subset
 from gritkit.eval.generation import complete, prompt_ids, require_generator
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 _ANSWER = re.compile(r"[tT]he answer is (.*?)\.?\s*$", re.MULTILINE)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from gritkit.eval import metrics
 from gritkit.eval.data import LABEL_COLUMNS, TEXT_COLUMNS, column, read_table, subset
 from gritkit.eval.encoders import Encoder
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 Example = tuple[str, str]
 

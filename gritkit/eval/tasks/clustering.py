@@ -11,7 +11,7 @@ from pathlib import Path
 from gritkit.eval import metrics
 from gritkit.eval.data import subset
 from gritkit.eval.encoders import Encoder
-from gritkit.eval.result import Score
+from gritkit.results import Score
 from gritkit.eval.tasks.classification import load_labelled
 
 

@@ -17,7 +17,7 @@ from gritkit import GritLM
 from gritkit.eval import metrics
 from gritkit.eval.data import read_jsonl, subset
 from gritkit.eval.generation import complete, prompt_ids, require_generator
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 
 def gold_number(answer: str) -> float:

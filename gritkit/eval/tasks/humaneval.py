@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from gritkit import GritLM
 from gritkit.eval.data import read_jsonl, subset
 from gritkit.eval.generation import complete, prompt_ids, require_generator
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "```"]
 CHAT_INSTRUCTION = "Complete the following python function.\n\n\n"

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from gritkit import GritLM
 from gritkit.eval.data import read_table, resolve, subset
 from gritkit.eval.generation import prompt_ids, require_generator
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 LETTERS = ("A", "B", "C", "D")
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from gritkit import GritLM
 from gritkit.eval.data import read_jsonl, subset
 from gritkit.eval.generation import prompt_ids, require_generator
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 
 def load_instructions(path: str | Path) -> list[str]:

@@ -20,7 +20,7 @@ from gritkit import GritLM
 from gritkit.eval import metrics
 from gritkit.eval.data import column, read_jsonl, subset
 from gritkit.eval.generation import prompt_ids, require_generator
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 PROMPT_COLUMNS = ("instruction", "prompt", "question")
 RESPONSE_COLUMNS = ("output", "completion", "answer", "response")

@@ -15,7 +15,7 @@ import numpy as np
 from gritkit.eval import metrics
 from gritkit.eval.data import CANDIDATE_COLUMNS, QUERY_COLUMNS, column, read_table, subset
 from gritkit.eval.encoders import Encoder, encode_unique
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 Group = tuple[str, list[str], list[int]]
 

@@ -20,7 +20,7 @@ import numpy as np
 from gritkit.eval import metrics
 from gritkit.eval.data import read_jsonl, resolve, subset
 from gritkit.eval.encoders import Encoder
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 Qrels = dict[str, dict[str, int]]
 

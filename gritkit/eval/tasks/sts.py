@@ -13,7 +13,7 @@ import numpy as np
 from gritkit.eval import metrics
 from gritkit.eval.data import SCORE_COLUMNS, TEXT1_COLUMNS, TEXT2_COLUMNS, column, read_table, subset
 from gritkit.eval.encoders import Encoder, encode_unique
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 Pair = tuple[str, str, float]
 

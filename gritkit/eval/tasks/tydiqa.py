@@ -17,7 +17,7 @@ from gritkit import GritLM
 from gritkit.eval import metrics
 from gritkit.eval.data import resolve, subset
 from gritkit.eval.generation import complete, prompt_ids, require_generator
-from gritkit.eval.result import Score
+from gritkit.results import Score
 
 INSTRUCTION = "Answer the following question based on the information in the given passage."
 
