@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from gritkit import loading
 from gritkit.model import EmbeddingBatch, GritLM
+from gritkit.specs import load_model
 from gritkit.training.config import CONFIG_FILENAME, TrainingConfig
 from gritkit.training import rag_stream
 from gritkit.training.data import (BatchPlan, GenerativeExample, IGNORE_INDEX, RagExample, collate_generative,
@@ -70,8 +71,8 @@ def load_for_training(config: TrainingConfig, device: torch.device | str) -> tup
     """The model with LoRA (or all weights) trainable, and the base spec a saved adapter points to."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    grit = GritLM.from_pretrained(config.model, device=str(device), dtype=torch.float32, pooling=config.pooling,
-                                  merge_adapter=False)
+    grit = load_model(config.model, device=str(device), dtype=torch.float32, pooling=config.pooling,
+                      merge_adapter=False)
     base_spec = _adapter_base_spec(config.model)
     if isinstance(grit.model, PeftModel) and not config.lora:
         grit.model = grit.model.merge_and_unload()
