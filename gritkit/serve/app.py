@@ -128,9 +128,10 @@ def create_app(
         generation_slots: generations decoded at once, interleaved token by token.
         index_dir: a ``gritkit.rag`` index; enables ``POST /v1/rag``.
     """
-    if max_queued_tokens < max_embedding_tokens:
+    if max_queued_tokens < max(max_embedding_tokens, model.max_length):
         raise ValueError(f"max_queued_tokens ({max_queued_tokens}) must be at least max_embedding_tokens "
-                         f"({max_embedding_tokens}), or a request within budget could never be queued")
+                         f"({max_embedding_tokens}) and the context ({model.max_length}), or a request within "
+                         "budget could never be queued")
     install_stop_checks(model)
     metrics = Metrics()
     server = Server(
