@@ -37,8 +37,9 @@ def http(server):
 
 
 def busy(http: httpx.Client) -> float:
-    return (metric(http, "gritkit_active_generations") + metric(http, 'gritkit_queue_depth{queue="embeddings"}')
-            + metric(http, 'gritkit_queue_depth{queue="generation"}'))
+    """Requests queued, or whose work is still inside the model (cancelled work counts until it has stopped)."""
+    return sum(metric(http, f'gritkit_{name}{{{label}="{worker}"}}') for worker in ("embeddings", "generation", "rag")
+               for name, label in (("queue_depth", "queue"), ("model_busy", "worker")))
 
 
 @pytest.mark.parametrize("path, body, code", [
@@ -104,13 +105,18 @@ def test_a_short_chat_is_answered_while_a_long_generation_runs(server, http):
         assert metric(http, "gritkit_active_generations") == 1  # the long one is still running
 
 
-def test_sigterm_cancels_long_work_within_seconds():
+def test_sigterm_stops_long_work_after_the_grace_period_and_still_answers():
     with running_server("--graceful-timeout", "1") as (process, url):
-        thread = threading.Thread(target=lambda: httpx.post(f"{url}/v1/chat/completions", json=LONG_CHAT,
-                                                            timeout=120))
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(
+            response=httpx.post(f"{url}/v1/chat/completions", json=LONG_CHAT, timeout=120)))
         thread.start()
         with httpx.Client(base_url=url) as http:
             assert wait_until(lambda: metric(http, "gritkit_active_generations") == 1)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) in (0, -signal.SIGTERM)  # not the minutes the generation would take
         thread.join(30)
+        response = result["response"]
+        assert response.status_code == 200  # what it had generated when the grace period ended
+        assert response.json()["choices"][0]["finish_reason"] == "length"
+        assert response.json()["usage"]["completion_tokens"] < LONG_CHAT["max_tokens"]

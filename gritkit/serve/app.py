@@ -14,12 +14,13 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
@@ -29,7 +30,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gritkit.model import GritLM, compact_embeddings
 from gritkit.serve.batching import (Cancelled, EmbeddingBatcher, GenerationJob, GenerationWorker, QueueFull, Ticket,
                                     install_stop_checks)
-from gritkit.serve.errors import BodyGuard, OpenAIError, client_gone, install_handlers, queue_full, time_limit
+from gritkit.serve.errors import (BodyGuard, OpenAIError, client_gone, install_handlers, queue_full, shutting_down,
+                                  time_limit)
 from gritkit.serve.metrics import Metrics, MetricsMiddleware
 from gritkit.serve.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RagRequest,
                                    SamplingRequest)
@@ -65,6 +67,7 @@ class Server:
     request_timeout: float | None
     rag_worker: GenerationWorker | None = None
     rag: Any = None
+    stopping: bool = False
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
     def check_model(self, name: str | None) -> None:
@@ -92,6 +95,16 @@ class Server:
 
     def ticket(self) -> Ticket:
         return Ticket(self.request_timeout)
+
+    def stop_work(self) -> None:
+        """Shutting down: stop every request's work (each answers with what it has, or 503)."""
+        self.stopping = True
+        jobs = [*self.batcher.jobs]
+        for worker in (self.generator, self.rag_worker):
+            if worker is not None:
+                jobs += [*worker.queue, *worker.running]
+        for job in jobs:
+            job.ticket.cancel()
 
 
 def create_app(
@@ -154,6 +167,11 @@ def create_app(
     metrics.queue_depth.labels("embeddings").set_function(lambda: server.batcher.pending)
     metrics.queue_depth.labels("generation").set_function(lambda: server.generator.waiting)
     metrics.active_generations.set_function(lambda: server.generator.active)
+    metrics.model_busy.labels("embeddings").set_function(lambda: server.batcher.encoding)
+    metrics.model_busy.labels("generation").set_function(lambda: server.generator.active)
+    if server.rag_worker:
+        metrics.queue_depth.labels("rag").set_function(lambda: server.rag_worker.waiting)
+        metrics.model_busy.labels("rag").set_function(lambda: server.rag_worker.active)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -244,7 +262,7 @@ async def guarded(request: Request, ticket: Ticket, work: Awaitable[T], *, limit
             raise client_gone()
         if expired or timeout is not None:
             raise time_limit(limit or 0)
-        raise OpenAIError(503, "The server is shutting down.", type="server_error", code="shutting_down")
+        raise shutting_down()
     finally:
         watcher.cancel()
         task.cancel()
@@ -445,8 +463,10 @@ async def complete(request: Request, body: SamplingRequest, prompt_ids: list[int
         job.cancel()
     if ticket.expired and not pieces:
         raise time_limit(server.request_timeout or 0)
+    if server.stopping and not pieces:
+        raise shutting_down()
     counts, finish_reason = usage.settle("".join(pieces))
-    if ticket.expired:
+    if ticket.expired or server.stopping:  # cut short by the time limit or shutdown: a length limit too
         finish_reason = "length"
     text = "".join(pieces)
     return JSONResponse(reply.full(text, finish_reason, counts))
@@ -485,7 +505,7 @@ async def event_stream(job: GenerationJob, reply: Reply, usage: Usage, include_u
             pieces.append(piece)
             yield sse(reply.chunk(piece))
         counts, finish_reason = usage.settle("".join(pieces))
-        if job.ticket.expired:  # stopped at the time limit: like max_tokens, a length limit
+        if job.ticket.should_stop():  # stopped at the time limit or by shutdown: like max_tokens, a length limit
             finish_reason = "length"
         yield sse(reply.chunk(finish_reason=finish_reason))
         if include_usage:
@@ -538,7 +558,7 @@ async def answer_with_rag(body: RagRequest, request: Request) -> Response:
     finally:
         job.cancel()
     if not answers:  # stopped by its ticket before it answered
-        raise time_limit(server.request_timeout or 0) if ticket.expired else client_gone()
+        raise time_limit(server.request_timeout or 0) if ticket.expired else shutting_down()
     [answer] = answers
     passages = [{"id": p.id, "doc_id": p.doc_id, "text": p.text, "score": float(p.score), "metadata": p.metadata}
                 for p in answer.passages]
@@ -573,3 +593,20 @@ async def health(request: Request) -> dict:
 async def metrics(request: Request) -> Response:
     registry = _server(request).metrics
     return Response(registry.render(), media_type=registry.content_type)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, stopping the app's work ``grace`` seconds into a shutdown (SIGTERM, Ctrl-C).
+
+    Requests that finish within ``grace`` finish normally; the rest stop within a layer and still
+    answer (a generation with what it has, finish_reason "length"; others 503), rather than
+    running on until uvicorn's own timeout cancels them with a 500.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, grace: float, stop_work: Callable[[], None]):
+        super().__init__(config)
+        self.grace, self.stop_work = grace, stop_work
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        asyncio.get_running_loop().call_later(self.grace, self.stop_work)
+        await super().shutdown(sockets)

@@ -153,7 +153,7 @@ class EmbeddingBatcher:
         self.jobs: collections.deque[_EmbeddingJob] = collections.deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._thread_done: Future | None = None
+        self.encoding = 0  # requests in the batch being encoded now (until its work has stopped)
         install_stop_checks(model)
 
     @property
@@ -230,7 +230,11 @@ class EmbeddingBatcher:
 
         try:
             self.on_batch(len(texts))
-            vectors = await asyncio.to_thread(encode)
+            self.encoding = len(parts)
+            try:
+                vectors = await asyncio.to_thread(encode)
+            finally:
+                self.encoding = 0
         except Exception as error:
             if len(parts) > 1 and not isinstance(error, Cancelled):  # find whose input failed, keep the others
                 for part in parts:

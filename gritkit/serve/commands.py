@@ -46,7 +46,7 @@ def serve(
     import uvicorn
 
     from gritkit.cli import load_model
-    from gritkit.serve.app import create_app
+    from gritkit.serve.app import GracefulServer, create_app
 
     if not api_key and not _is_loopback(host):
         typer.secho(f"warning: serving on {host} without --api-key: anyone who can reach it can use it",
@@ -67,9 +67,13 @@ def serve(
         typer.secho(f"error: cannot start the server: {error}", fg="red", err=True)
         raise typer.Exit(2) from error
     typer.echo(f"serving {app.state.server.model_id} at http://{host}:{port}/v1", err=True)
-    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, give in-flight requests
-    # graceful_timeout seconds, cancel the rest; the app's shutdown then stops their work.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, wait for in-flight requests.
+    # After graceful_timeout their work is stopped, so they still answer (a generation with what it has);
+    # uvicorn cancels whatever has not answered a few seconds later.
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=graceful_timeout + 5)
+    GracefulServer(config, grace=graceful_timeout, stop_work=app.state.server.stop_work).run()
+
 
 
 def _is_loopback(host: str) -> bool:

@@ -43,6 +43,11 @@ def time_limit(seconds: float) -> OpenAIError:
                        code="timeout")
 
 
+def shutting_down(retry_after: int = 5) -> OpenAIError:
+    return OpenAIError(503, "The server is shutting down; retry on another instance or after a restart.",
+                       type="server_error", code="shutting_down", headers={"Retry-After": str(retry_after)})
+
+
 def client_gone() -> OpenAIError:
     # nginx's "client closed request": nobody reads it, but the metrics and logs say what happened.
     return OpenAIError(499, "The client closed the request before the answer was ready.", code="client_closed")
