@@ -200,7 +200,7 @@ def main() -> None:
                 ("abandoned streamed completion", "/v1/completions",
                  {"prompt": "1, 2, 3,", "max_tokens": args.long_tokens, "stream": True}),
                 ("abandoned embeddings (8 x 1k tokens)", "/v1/embeddings", {"input": [sentence * 100] * 8}),
-                ("abandoned embedding (one 7.8k-token input)", "/v1/embeddings", {"input": sentence * 780}),
+                ("abandoned embedding (one 2k-token input)", "/v1/embeddings", {"input": sentence * 200}),
                 ("abandoned RAG (2k-token query)", "/v1/rag", {"query": sentence * 200, "max_tokens": 200}),
             ]:
                 result = abandoned(url, http, path, body, args.after)
@@ -215,6 +215,7 @@ def main() -> None:
             baseline_rss = server_rss(process)
             refusals = [
                 ("5 MB embedding input", "/v1/embeddings", {"input": "word " * 1_000_000}),
+                ("7.8k-token embedding input", "/v1/embeddings", {"input": sentence * 780}),
                 ("2048 inputs, 60k tokens", "/v1/embeddings", {"input": [sentence * 3] * 2048}),
                 ("60k-token RAG query", "/v1/rag", {"query": sentence * 6000}),
                 ("8.4k-token RAG query", "/v1/rag", {"query": sentence * 840}),
@@ -235,7 +236,7 @@ def main() -> None:
             for _ in range(16):  # the "22 rejected requests": memory must not grow with them
                 timed_post(http, *refusals[0][1:])
             after_rss = server_rss(process)
-            row("memory after 27 over-budget requests", "RSS vs before them (%)",
+            row("memory after 28 over-budget requests", "RSS vs before them (%)",
                 100 * (after_rss - baseline_rss) / baseline_rss, f"< 10 (before: {baseline_rss:.0f} MiB)",
                 after_rss < 1.1 * baseline_rss)
 

@@ -328,3 +328,24 @@ def test_a_cancelled_embedding_request_stops_between_batches(tiny):
 
     run(main())
     assert len(batches) < 20  # of 100
+
+
+def test_embedding_batches_are_bounded_in_padded_tokens(tiny):
+    batch_sizes: list[int] = []
+
+    async def main():
+        batcher = EmbeddingBatcher(tiny, max_batch_size=32, max_batch_tokens=100, window_ms=20,
+                                   on_batch=batch_sizes.append)
+        batcher.start()
+        try:
+            short = batcher.encode([f"short {i}" for i in range(8)], lengths=[10] * 8)
+            long = batcher.encode(["a longer text"] * 2, lengths=[60, 150])
+            return await asyncio.gather(short, long)
+        finally:
+            await batcher.stop()
+
+    short, long = run(main())
+    # Batches are padded to their longest text: the 8 short texts fit in 100 tokens but not with the
+    # 60-token one (9 x 60); that one cannot share with the 150-token one, which is over the bound alone.
+    assert batch_sizes == [8, 1, 1]
+    np.testing.assert_allclose(short, tiny.encode([f"short {i}" for i in range(8)]), atol=1e-5)

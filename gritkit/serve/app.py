@@ -64,6 +64,7 @@ class Server:
     max_inputs: int
     max_tokens_limit: int
     max_embedding_tokens: int
+    max_input_tokens: int
     request_timeout: float | None
     rag_worker: GenerationWorker | None = None
     rag: Any = None
@@ -119,6 +120,8 @@ def create_app(
     max_inputs: int = 2048,
     max_tokens_limit: int = 2048,
     max_embedding_tokens: int = 16384,
+    max_input_tokens: int = 2048,
+    max_batch_tokens: int = 4096,
     max_queued_tokens: int = 131072,
     request_timeout: float | None = 120.0,
     read_timeout: float | None = 10.0,
@@ -135,6 +138,9 @@ def create_app(
             queued or running per queue (embeddings, generation, rag) before 429s with Retry-After.
         max_body_bytes / max_inputs / max_tokens_limit: request size limits (413 / 400 beyond).
         max_embedding_tokens: most tokens in one embeddings request, summed over its inputs (400 beyond).
+        max_input_tokens: most tokens in one embedding input (at most the context; 400 beyond). One
+            forward layer over a long input takes seconds on a CPU, and work stops between layers.
+        max_batch_tokens: most padded tokens in one embedding forward pass (a longer input goes alone).
         request_timeout: seconds a request may take; work past it stops (a generation returns what
             it has with finish_reason "length", other requests get 408). None: no limit.
         read_timeout: seconds a client has to send its request body (408 beyond).
@@ -151,13 +157,15 @@ def create_app(
         model=model,
         model_id=model_id or served_model_id(model),
         metrics=metrics,
-        batcher=EmbeddingBatcher(model, max_batch_size=max_batch_size, window_ms=batch_window_ms,
+        batcher=EmbeddingBatcher(model, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                                 window_ms=batch_window_ms,
                                  max_queue=max_queue, max_queued_tokens=max_queued_tokens,
                                  on_batch=metrics.embedding_batch_size.observe),
         generator=GenerationWorker(slots=generation_slots, max_queue=max_queue, max_queued_tokens=max_queued_tokens),
         max_inputs=max_inputs,
         max_tokens_limit=max_tokens_limit,
         max_embedding_tokens=max_embedding_tokens,
+        max_input_tokens=min(max_input_tokens, model.max_length),
         request_timeout=request_timeout,
     )
     if index_dir is not None:
@@ -282,14 +290,15 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
         raise OpenAIError(400, f"'dimensions' must be at most {server.model.embedding_dim} for this model.",
                           param="dimensions", code="invalid_value")
     check_embedding_budget(server, body)
-    texts, token_count = await asyncio.to_thread(embedding_texts, server.model, body)
+    texts, lengths = await asyncio.to_thread(embedding_texts, server.model, body, server.max_input_tokens)
+    token_count = sum(lengths)
     if token_count > server.max_embedding_tokens:
         raise OpenAIError(400, f"'input' has {token_count} tokens in all; at most {server.max_embedding_tokens} "
                                "are embedded per request: split it over several requests.", param="input",
                           code="too_many_tokens")
     ticket = server.ticket()
     try:
-        encoding = server.batcher.encode(texts, body.instruction, tokens=token_count, ticket=ticket)
+        encoding = server.batcher.encode(texts, body.instruction, lengths=lengths, ticket=ticket)
         vectors = await guarded(request, ticket, encoding, limit=server.request_timeout)
     except QueueFull:
         raise queue_full("embeddings") from None
@@ -312,15 +321,15 @@ def check_embedding_budget(server: Server, body: EmbeddingRequest) -> None:
                                    "split it over several requests.", param="input", code="too_many_tokens")
         return
     for index, text in enumerate(items):
-        server.check_length(len(text), server.model.max_length, "input", f"input[{index}]")
+        server.check_length(len(text), server.max_input_tokens, "input", f"input[{index}]")
     server.check_length(sum(len(text) for text in items), budget, "input", "'input'")
 
 
-def embedding_texts(model: GritLM, body: EmbeddingRequest) -> tuple[list[str], int]:
+def embedding_texts(model: GritLM, body: EmbeddingRequest, max_input_tokens: int) -> tuple[list[str], list[int]]:
     """Decode token arrays and check every input before it joins a shared batch.
 
-    Returns the texts and their token count (instruction prompt included). Empty or
-    whitespace-only strings and inputs over the model's context are 400s, never truncated.
+    Returns the texts and the tokens of each (instruction prompt included). Empty or
+    whitespace-only strings and inputs over ``max_input_tokens`` are 400s, never truncated.
     """
     items = body.input
     if isinstance(items[0], list):
@@ -330,18 +339,19 @@ def embedding_texts(model: GritLM, body: EmbeddingRequest) -> tuple[list[str], i
                 raise OpenAIError(400, f"input[{index}] has token id {bad[0]}, outside the vocabulary "
                                        f"(0..{vocabulary - 1}).", param="input", code="invalid_value")
         items = model.tokenizer.batch_decode(items)
-    token_count = 0
+    lengths = []
     for index, text in enumerate(items):
         if not text.strip():
             raise OpenAIError(400, f"input[{index}] is empty: an empty or whitespace-only string has no tokens "
                                    "to embed.", param="input", code="invalid_value")
         try:
-            batch = model.tokenize_for_embedding([text], body.instruction, truncate=False)
+            batch = model.tokenize_for_embedding([text], body.instruction, truncate=False,
+                                                 max_length=max_input_tokens)
         except ValueError as error:
-            raise OpenAIError(400, f"input[{index}]: {error} (the model's context length).", param="input",
+            raise OpenAIError(400, f"input[{index}]: {error} (this server's --max-input-tokens).", param="input",
                               code="context_length_exceeded") from None
-        token_count += int(batch.attention_mask.sum())
-    return items, token_count
+        lengths.append(int(batch.attention_mask.sum()))
+    return items, lengths
 
 
 def format_vector(vector: np.ndarray, encoding_format: Literal["float", "base64"]) -> list[float] | str:

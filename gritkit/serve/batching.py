@@ -130,6 +130,7 @@ class _EmbeddingJob:
     instruction: str
     future: asyncio.Future = field(repr=False)
     ticket: Ticket
+    lengths: list[int]  # tokens per text (0 when unknown)
     vectors: list[np.ndarray] = field(default_factory=list)  # results of the texts done so far
 
     @property
@@ -138,16 +139,19 @@ class _EmbeddingJob:
 
 
 class EmbeddingBatcher:
-    """Micro-batch embedding requests: one ``encode`` call per window of up to ``max_batch_size`` texts.
+    """Micro-batch embedding requests: one ``encode`` call per window of up to ``max_batch_size`` texts
+    and ``max_batch_tokens`` padded tokens (a single longer text goes alone).
 
+    The token bound keeps each forward pass, and so the time to stop one (a layer), short.
     Each request keeps its own instruction (``encode`` takes one per text), and results are
     exactly what ``model.encode`` returns for those texts (normalised, float32).
     """
 
-    def __init__(self, model: GritLM, *, max_batch_size: int = 32, window_ms: float = 5.0, max_queue: int = 256,
-                 max_queued_tokens: int | None = None, on_batch: Callable[[int], None] | None = None):
+    def __init__(self, model: GritLM, *, max_batch_size: int = 32, max_batch_tokens: int | None = None,
+                 window_ms: float = 5.0, max_queue: int = 256, max_queued_tokens: int | None = None,
+                 on_batch: Callable[[int], None] | None = None):
         self.model = model
-        self.max_batch_size, self.window = max_batch_size, window_ms / 1000
+        self.max_batch_size, self.max_batch_tokens, self.window = max_batch_size, max_batch_tokens, window_ms / 1000
         self.gate = TokenGate("embeddings", max_queue, max_queued_tokens)
         self.on_batch = on_batch or (lambda size: None)
         self.jobs: collections.deque[_EmbeddingJob] = collections.deque()
@@ -171,16 +175,18 @@ class EmbeddingBatcher:
         if self._task:
             self._task.cancel()
 
-    async def encode(self, texts: list[str], instruction: str = "", *, tokens: int = 0,
+    async def encode(self, texts: list[str], instruction: str = "", *, lengths: list[int] | None = None,
                      ticket: Ticket | None = None) -> np.ndarray:
-        """Embed ``texts`` (``tokens`` of them) with the next batches.
+        """Embed ``texts`` (``lengths``: tokens of each, prompt included) with the next batches.
 
         Raises :class:`QueueFull` when too many requests or tokens wait, :class:`Cancelled` when
         ``ticket`` is cancelled or expires first. Cancelling the awaiting task cancels the work.
         """
+        lengths = lengths or [0] * len(texts)
+        tokens = sum(lengths)
         self.gate.admit(tokens)
         ticket = ticket or Ticket()
-        job = _EmbeddingJob(texts, instruction, asyncio.get_running_loop().create_future(), ticket)
+        job = _EmbeddingJob(texts, instruction, asyncio.get_running_loop().create_future(), ticket, lengths)
         self.jobs.append(job)
         self._arrived.set()
         try:
@@ -206,16 +212,24 @@ class EmbeddingBatcher:
             if not job.future.done():
                 job.future.set_exception(Cancelled())
 
+    def _fits(self, size: int, longest: int, length: int) -> bool:
+        if size == 0:
+            return True  # a text longer than max_batch_tokens goes alone
+        if size >= self.max_batch_size:
+            return False
+        return self.max_batch_tokens is None or (size + 1) * max(longest, length) <= self.max_batch_tokens
+
     def _next_batch(self) -> list[tuple[_EmbeddingJob, int, int]]:
-        """(job, first, end) text ranges: one text from each waiting request in turn up to the batch size."""
+        """(job, first, end) text ranges: one text from each waiting request in turn while the batch has room."""
         taken = {id(job): 0 for job in self.jobs}
-        size, added = 0, True
-        while size < self.max_batch_size and added:
+        size, longest, added = 0, 0, True
+        while added:
             added = False
             for job in self.jobs:
-                if size < self.max_batch_size and job.done_count + taken[id(job)] < len(job.texts):
+                index = job.done_count + taken[id(job)]
+                if index < len(job.texts) and self._fits(size, longest, job.lengths[index]):
                     taken[id(job)] += 1
-                    size, added = size + 1, True
+                    size, longest, added = size + 1, max(longest, job.lengths[index]), True
         self.jobs.rotate(-1)  # the next batch starts with the next request
         return [(job, job.done_count, job.done_count + taken[id(job)]) for job in self.jobs if taken[id(job)]]
 

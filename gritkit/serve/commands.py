@@ -22,6 +22,8 @@ def serve(
     model_id: Annotated[Optional[str], typer.Option("--model-id", help="Name clients pass as 'model' "
                                                     "(default gritkit-<model>)")] = None,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Most texts in one embedding forward pass")] = 32,
+    max_batch_tokens: Annotated[int, typer.Option(min=1, help="Most padded tokens in one embedding forward pass "
+                                                  "(a longer input goes alone)")] = 4096,
     batch_window_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for more requests")] = 5.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait per queue before 429")] = 256,
     max_queued_tokens: Annotated[int, typer.Option(min=1, help="Tokens (inputs; prompt + max_tokens) queued or "
@@ -31,6 +33,8 @@ def serve(
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask for")] = 2048,
     max_embedding_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in one embeddings request, summed "
                                                       "over its inputs")] = 16384,
+    max_input_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in one embedding input (capped at the "
+                                                  "context)")] = 2048,
     request_timeout: Annotated[float, typer.Option(min=0, help="Seconds a request may run (0: no limit); a "
                                                    "generation then ends with finish_reason 'length', others "
                                                    "get 408")] = 120.0,
@@ -60,7 +64,8 @@ def serve(
         app = create_app(grit, api_key=api_key, model_id=model_id, max_batch_size=max_batch_size,
                          batch_window_ms=batch_window_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
                          max_inputs=max_inputs, max_tokens_limit=max_tokens_limit,
-                         max_embedding_tokens=max_embedding_tokens, max_queued_tokens=max_queued_tokens,
+                         max_embedding_tokens=max_embedding_tokens, max_input_tokens=max_input_tokens,
+                         max_batch_tokens=max_batch_tokens, max_queued_tokens=max_queued_tokens,
                          request_timeout=request_timeout or None, read_timeout=read_timeout or None,
                          generation_slots=generation_slots, index_dir=index)
     except (ImportError, OSError, ValueError) as error:  # a missing or unreadable --index, or limits that clash
