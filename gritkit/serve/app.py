@@ -268,9 +268,9 @@ async def guarded(request: Request, ticket: Ticket, work: Awaitable[T], *, limit
         ticket.cancel()
         if gone:
             raise client_gone()
-        if expired or timeout is not None:
+        if expired or not done:  # nothing done: the wait itself ran out at the deadline
             raise time_limit(limit or 0)
-        raise shutting_down()
+        raise shutting_down()  # stopped by stop_work
     finally:
         watcher.cancel()
         task.cancel()
@@ -302,8 +302,8 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
         vectors = await guarded(request, ticket, encoding, limit=server.request_timeout)
     except QueueFull:
         raise queue_full("embeddings") from None
-    if body.dimensions is not None:
-        vectors = compact_embeddings(vectors, dimensions=body.dimensions)
+    if body.dimensions is not None or body.precision != "float32":
+        vectors = compact_embeddings(vectors, dimensions=body.dimensions, precision=body.precision)
     server.metrics.tokens.labels("embedding").inc(token_count)
     data = [{"object": "embedding", "index": index, "embedding": format_vector(vector, body.encoding_format)}
             for index, vector in enumerate(vectors)]
@@ -355,8 +355,11 @@ def embedding_texts(model: GritLM, body: EmbeddingRequest, max_input_tokens: int
 
 
 def format_vector(vector: np.ndarray, encoding_format: Literal["float", "base64"]) -> list[float] | str:
-    if encoding_format == "base64":  # what OpenAI sends: little-endian float32 bytes
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    """A JSON list, or base64 of the vector's bytes: little-endian float32 (what OpenAI sends), int8
+    or packed bits (uint8) for the compact precisions."""
+    if encoding_format == "base64":
+        raw = vector.astype("<f4") if vector.dtype == np.float32 else vector
+        return base64.b64encode(raw.tobytes()).decode("ascii")
     return vector.tolist()
 
 

@@ -1,0 +1,107 @@
+"""Quality kept by compact embeddings: STS-B (Spearman) and MS MARCO (nDCG@10) per dimensions and precision.
+
+Every text is embedded once at full size; each (dimensions, precision) cell then scores vectors made
+by ``gritkit.model.compact_embeddings`` and compared the way a user would: float32 and int8 by cosine,
+binary by Hamming distance. Uses the gritkit eval tasks (``gritkit.eval.tasks.sts`` / ``retrieval``)
+with their instructions.
+
+Usage:
+    python benchmarks/compact_embeddings.py                        # STS-B test, MS MARCO 50 queries
+    python benchmarks/compact_embeddings.py --model default --sts-limit 500 --msmarco-limit 50
+Prints a table and writes benchmarks/results/compact_embeddings.json (with commit, command, CPU, threads, date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import report  # noqa: E402
+
+from gritkit import GritLM  # noqa: E402
+from gritkit.eval.encoders import GritEncoder  # noqa: E402
+from gritkit.eval.instructions import instruction_for  # noqa: E402
+from gritkit.eval.tasks import retrieval, sts  # noqa: E402
+from gritkit.model import compact_embeddings  # noqa: E402
+
+PRECISIONS = ("float32", "int8", "binary")
+
+
+class CachedEncoder:
+    """Embeds each (instruction, text) once; later calls reuse the full-size vectors."""
+
+    def __init__(self, model: GritLM):
+        self.inner, self.name, self.cache = GritEncoder(model), model.name, {}
+
+    def encode(self, texts: Sequence[str], instruction: str = "", *, show_progress_bar: bool = False) -> np.ndarray:
+        missing = [text for text in dict.fromkeys(texts) if (instruction, text) not in self.cache]
+        if missing:
+            for text, vector in zip(missing, self.inner.encode(missing, instruction, show_progress_bar=True)):
+                self.cache[instruction, text] = vector
+        return np.stack([self.cache[instruction, text] for text in texts])
+
+
+class CompactEncoder:
+    """Compact vectors of a :class:`CachedEncoder`, turned back into unit float vectors whose dot
+    product ranks like the precision's own comparison (cosine; for binary, 1 - 2 * Hamming / d)."""
+
+    def __init__(self, base: CachedEncoder, dimensions: int | None, precision: str):
+        self.base, self.dimensions, self.precision, self.name = base, dimensions, precision, base.name
+
+    def encode(self, texts: Sequence[str], instruction: str = "", *, show_progress_bar: bool = False) -> np.ndarray:
+        compact = compact_embeddings(self.base.encode(texts, instruction), dimensions=self.dimensions,
+                                     precision=self.precision)
+        if self.precision == "binary":
+            width = self.dimensions or self.base.inner.model.embedding_dim
+            compact = np.unpackbits(compact, axis=1)[:, :width].astype(np.float32) * 2 - 1
+        vectors = compact.astype(np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def bytes_per_vector(dimensions: int, precision: str) -> int:
+    return {"float32": 4 * dimensions, "int8": dimensions, "binary": (dimensions + 7) // 8}[precision]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--sts-limit", type=int, default=None, help="STS-B test pairs (default: all 1,379)")
+    parser.add_argument("--msmarco-limit", type=int, default=50,
+                        help="MS MARCO queries; the corpus is their judged passages plus 20 distractors each")
+    parser.add_argument("--dimensions", default="full,288,144,64,32", help="comma-separated; 'full' is the model's")
+    args = parser.parse_args()
+
+    model = GritLM.from_pretrained(args.model)
+    base = CachedEncoder(model)
+    sizes = [model.embedding_dim if size == "full" else int(size) for size in args.dimensions.split(",")]
+    rows = []
+    for dimensions in sizes:
+        for precision in PRECISIONS:
+            encoder = CompactEncoder(base, None if dimensions == model.embedding_dim else dimensions, precision)
+            sts_score = sts.evaluate(encoder, "stsb/stsb-en-test.csv", instruction=instruction_for("stsb"),
+                                     limit=args.sts_limit)
+            msmarco = retrieval.evaluate(encoder, "retrieval_nano/msmarco", instruction=instruction_for("msmarco"),
+                                         limit=args.msmarco_limit)
+            rows.append({"dimensions": dimensions, "precision": precision,
+                         "bytes": bytes_per_vector(dimensions, precision),
+                         "stsb_spearman": round(sts_score.value, 4), "msmarco_ndcg_at_10": round(msmarco.value, 4)})
+            print(rows[-1], flush=True)
+    full = rows[0]
+    for row in rows:
+        row["stsb_kept_pct"] = round(100 * row["stsb_spearman"] / full["stsb_spearman"], 1)
+        row["msmarco_kept_pct"] = round(100 * row["msmarco_ndcg_at_10"] / full["msmarco_ndcg_at_10"], 1)
+    report("compact_embeddings", rows, {
+        "model": args.model, "stsb_pairs": sts_score.n, "msmarco_queries": msmarco.n,
+        "msmarco_corpus": msmarco.extra.get("corpus_size"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+
+
+if __name__ == "__main__":
+    main()
