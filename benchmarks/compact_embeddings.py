@@ -78,30 +78,35 @@ def main() -> None:
                         help="MS MARCO queries; the corpus is their judged passages plus 20 distractors each")
     parser.add_argument("--dimensions", default="full,288,144,64,32", help="comma-separated; 'full' is the model's")
     parser.add_argument("--max-length", type=int, default=512, help="tokens kept of each text (the eval default)")
+    parser.add_argument("--tasks", default="stsb,msmarco", help="stsb, msmarco or both")
     args = parser.parse_args()
 
     model = GritLM.from_pretrained(args.model)
     base = CachedEncoder(model, args.max_length)
     sizes = [model.embedding_dim if size == "full" else int(size) for size in args.dimensions.split(",")]
-    rows = []
+    tasks = args.tasks.split(",")
+    rows, scores = [], {}
     for dimensions in sizes:
         for precision in PRECISIONS:
             encoder = CompactEncoder(base, None if dimensions == model.embedding_dim else dimensions, precision)
-            sts_score = sts.evaluate(encoder, "stsb/stsb-en-test.csv", instruction=instruction_for("stsb"),
-                                     limit=args.sts_limit)
-            msmarco = retrieval.evaluate(encoder, "retrieval_nano/msmarco", instruction=instruction_for("msmarco"),
-                                         limit=args.msmarco_limit)
-            rows.append({"dimensions": dimensions, "precision": precision,
-                         "bytes": bytes_per_vector(dimensions, precision),
-                         "stsb_spearman": round(sts_score.value, 4), "msmarco_ndcg_at_10": round(msmarco.value, 4)})
-            print(rows[-1], flush=True)
-    full = rows[0]
-    for row in rows:
-        row["stsb_kept_pct"] = round(100 * row["stsb_spearman"] / full["stsb_spearman"], 1)
-        row["msmarco_kept_pct"] = round(100 * row["msmarco_ndcg_at_10"] / full["msmarco_ndcg_at_10"], 1)
+            row = {"dimensions": dimensions, "precision": precision, "bytes": bytes_per_vector(dimensions, precision)}
+            if "stsb" in tasks:
+                scores["stsb"] = sts.evaluate(encoder, "stsb/stsb-en-test.csv", instruction=instruction_for("stsb"),
+                                              limit=args.sts_limit)
+                row["stsb_spearman"] = round(scores["stsb"].value, 4)
+            if "msmarco" in tasks:
+                scores["msmarco"] = retrieval.evaluate(encoder, "retrieval_nano/msmarco", limit=args.msmarco_limit,
+                                                       instruction=instruction_for("msmarco"))
+                row["msmarco_ndcg_at_10"] = round(scores["msmarco"].value, 4)
+            rows.append(row)
+            print(row, flush=True)
+    for metric in [name for name in rows[0] if name.startswith(("stsb_", "msmarco_"))]:
+        for row in rows:  # relative to full-size float32, the first row
+            row[metric.split("_")[0] + "_kept_pct"] = round(100 * row[metric] / rows[0][metric], 1)
     report("compact_embeddings", rows, {
-        "model": args.model, "max_length": args.max_length, "stsb_pairs": sts_score.n, "msmarco_queries": msmarco.n,
-        "msmarco_corpus": msmarco.extra.get("corpus_size"),
+        "model": args.model, "max_length": args.max_length,
+        "examples": {task: score.n for task, score in scores.items()},
+        "msmarco_corpus": scores["msmarco"].extra.get("corpus_size") if "msmarco" in scores else None,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
 
