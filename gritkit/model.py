@@ -32,6 +32,7 @@ Attention = Literal["bidirectional", "causal"]
 Pooling = Literal["mean", "weighted_mean", "last"]
 ConvertTo = Literal["numpy", "torch", "list"]
 Quantize = Literal["int8"]
+Precision = Literal["float32", "int8", "binary"]
 
 CONFIG_FILENAME = "gritkit_config.json"
 PROMPT_FORMAT = "grit"  # <|user|>\n{instruction}\n<|embed|>\n{text}, see gritkit.prompts
@@ -282,11 +283,19 @@ class GritLM:
         truncate: bool = True,
         attention: Attention | None = None,
         pooling: Pooling | None = None,
+        dimensions: int | None = None,
+        precision: Precision = "float32",
     ) -> np.ndarray | torch.Tensor | list[list[float]]:
         """Embed texts with the GRIT prompt; returns ``(n, d)`` float32 (one row for a single str).
 
         Texts are sorted by length so each batch carries little padding; the output keeps input order.
+        ``dimensions`` and ``precision`` make compact vectors (see :func:`compact_embeddings`);
+        compact vectors come back as numpy arrays whatever ``convert_to`` says, except "list".
         """
+        if precision not in ("float32", "int8", "binary"):
+            raise ValueError(f"precision must be 'float32', 'int8' or 'binary', not {precision!r}")
+        if dimensions is not None and not 1 <= dimensions <= self.embedding_dim:
+            raise ValueError(f"dimensions must be between 1 and {self.embedding_dim}, not {dimensions}")
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         instructions = [instruction] * len(texts) if isinstance(instruction, str) else list(instruction)
@@ -304,6 +313,10 @@ class GritLM:
         embeddings = embeddings[torch.argsort(torch.tensor(order, dtype=torch.long))] if order else embeddings
         if normalize and len(embeddings):
             embeddings = F.normalize(embeddings, dim=-1)
+        if dimensions is not None or precision != "float32":
+            compact = compact_embeddings(embeddings.cpu().numpy(), dimensions=dimensions, precision=precision)
+            compact = compact[0] if single else compact
+            return compact.tolist() if convert_to == "list" else compact
         embeddings = embeddings[0] if single else embeddings
         if convert_to == "torch":
             return embeddings.cpu()
@@ -505,6 +518,31 @@ def read_saved_config(spec: str | os.PathLike | None) -> dict:
         raise loading.ModelLoadError(f"{path} asks for prompt format {saved['prompt_format']!r}; "
                                      f"this gritkit knows {PROMPT_FORMAT!r}")
     return saved
+
+
+def compact_embeddings(embeddings: np.ndarray, *, dimensions: int | None = None,
+                       precision: Precision = "float32") -> np.ndarray:
+    """Smaller vectors from ``(n, d)`` embeddings: keep the first ``dimensions`` and renormalise, then
+    store each number in ``precision``.
+
+    * ``"float32"``: unit-length float32 vectors (dot product = cosine);
+    * ``"int8"``: each vector scaled so its largest magnitude is 127, rounded (4x smaller than
+      float32; compare with cosine, which the per-vector scale does not change);
+    * ``"binary"``: the sign bits packed 8 per byte (uint8, ``ceil(d / 8)`` bytes, 32x smaller);
+      compare with Hamming distance (``np.unpackbits(a ^ b).sum()``), lower is closer.
+    """
+    vectors = np.asarray(embeddings, dtype=np.float32)
+    if dimensions is not None:
+        vectors = vectors[..., :dimensions]
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    if precision == "float32":
+        return vectors
+    if precision == "int8":
+        scale = 127 / np.maximum(np.abs(vectors).max(axis=-1, keepdims=True), 1e-12)
+        return np.round(vectors * scale).astype(np.int8)
+    if precision == "binary":
+        return np.packbits(vectors > 0, axis=-1)
+    raise ValueError(f"precision must be 'float32', 'int8' or 'binary', not {precision!r}")
 
 
 def _check_quantize(quantize: str, device: str) -> None:

@@ -148,6 +148,18 @@ def test_dimensions_truncate_then_renormalise(client, default_model):
     np.testing.assert_allclose(vector, full / np.linalg.norm(full), atol=1e-5)
 
 
+@pytest.mark.parametrize("precision, dtype", [("int8", np.int8), ("binary", np.uint8)])
+def test_compact_precisions_equal_encode_as_lists_and_base64(http, default_model, precision, dtype):
+    expected = default_model.encode(TEXTS[:2], dimensions=128, precision=precision)
+    body = {"input": TEXTS[:2], "dimensions": 128, "precision": precision}
+    listed = http.post("/v1/embeddings", json=body).json()["data"]
+    packed = http.post("/v1/embeddings", json={**body, "encoding_format": "base64"}).json()["data"]
+    for row, as_list, as_base64 in zip(expected, listed, packed):
+        # int8 may round one step apart where the batched float differs in its last bits
+        np.testing.assert_allclose(np.array(as_list["embedding"], dtype=dtype), row, atol=1)
+        np.testing.assert_allclose(np.frombuffer(base64.b64decode(as_base64["embedding"]), dtype=dtype), row, atol=1)
+
+
 def test_concurrent_requests_share_batches_and_keep_their_own_results(http, default_model):
     texts = [f"sentence number {i} about topic {i % 4}" for i in range(8)]
     expected = default_model.encode(texts)

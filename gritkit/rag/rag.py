@@ -120,6 +120,10 @@ class RAG:
         segments = [s for kind in cached_segment_kinds(cache) for s in ([query_segment] if kind == "query" else doc_segments)]
         prompt_ids = model.tokenizer(self.prompt_after_cache(question, passages, cache, order),
                                      add_special_tokens=False)["input_ids"]
+        cached_tokens = sum(segment.length for segment in segments)
+        if cached_tokens + len(prompt_ids) + max_new_tokens > model.max_length:
+            raise ValueError(f"the prompt ({cached_tokens + len(prompt_ids)} tokens with the passages) and "
+                             f"max_new_tokens={max_new_tokens} are over the model's context of {model.max_length}")
         prefix = build_cache(model, segments) if segments else None
         # Everything but the last prompt token is prefilled here; the last one starts generation.
         past = model.prefill(prompt_ids[:-1], prefix)[0] if len(prompt_ids) > 1 else prefix
@@ -132,6 +136,5 @@ class RAG:
                                          temperature=temperature, seed=seed))
         timings["generate"] = time.perf_counter() - generate_start
         timings["total"] = time.perf_counter() - start
-        cached_tokens = sum(segment.length for segment in segments)
         return Answer(text=text.strip(), passages=passages, timings=timings, cache=cache, order=order,
                       cached_tokens=cached_tokens, prompt_tokens=cached_tokens + len(prompt_ids))

@@ -24,19 +24,34 @@ def serve(
     model_id: Annotated[Optional[str], typer.Option("--model-id", help="Name clients pass as 'model' "
                                                     "(default gritkit-<model>)")] = None,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Most texts in one embedding forward pass")] = 32,
+    max_batch_tokens: Annotated[int, typer.Option(min=1, help="Most padded tokens in one embedding forward pass "
+                                                  "(a longer input goes alone)")] = 4096,
     batch_window_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for more requests")] = 5.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait per queue before 429")] = 256,
+    max_queued_tokens: Annotated[int, typer.Option(min=1, help="Tokens (inputs; prompt + max_tokens) queued or "
+                                                   "running per queue before 429")] = 131072,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body (413 beyond)")] = 8 * 1024 * 1024,
     max_inputs: Annotated[int, typer.Option(min=1, help="Most inputs in one embeddings request")] = 2048,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask for")] = 2048,
-    generation_slots: Annotated[int, typer.Option(min=1, help="Generations running at once")] = 1,
-    graceful_timeout: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight requests")] = 60.0,
+    max_embedding_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in one embeddings request, summed "
+                                                      "over its inputs")] = 16384,
+    max_input_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in one embedding input (capped at the "
+                                                  "context)")] = 2048,
+    request_timeout: Annotated[float, typer.Option(min=0, help="Seconds a request may run (0: no limit); a "
+                                                   "generation then ends with finish_reason 'length', others "
+                                                   "get 408")] = 120.0,
+    read_timeout: Annotated[float, typer.Option(min=0, help="Seconds a client has to send its request body "
+                                                "(0: no limit)")] = 10.0,
+    generation_slots: Annotated[int, typer.Option(min=1, help="Generations decoded at once, interleaved token "
+                                                  "by token")] = 4,
+    graceful_timeout: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight requests before "
+                                                    "cancelling them")] = 5.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve embeddings, chat and completions over the OpenAI API (base URL http://HOST:PORT/v1)."""
     import uvicorn
 
-    from gritkit.serve.app import create_app
+    from gritkit.serve.app import GracefulServer, create_app
 
     if not api_key and not _is_loopback(host):
         typer.secho(f"warning: serving on {host} without --api-key: anyone who can reach it can use it",
@@ -50,13 +65,21 @@ def serve(
         app = create_app(grit, api_key=api_key, model_id=model_id, max_batch_size=max_batch_size,
                          batch_window_ms=batch_window_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
                          max_inputs=max_inputs, max_tokens_limit=max_tokens_limit,
+                         max_embedding_tokens=max_embedding_tokens, max_input_tokens=max_input_tokens,
+                         max_batch_tokens=max_batch_tokens, max_queued_tokens=max_queued_tokens,
+                         request_timeout=request_timeout or None, read_timeout=read_timeout or None,
                          generation_slots=generation_slots, index_dir=index)
-    except (ImportError, OSError, ValueError) as error:  # a missing or unreadable --index
-        typer.secho(f"error: cannot open index {index}: {error}", fg="red", err=True)
+    except (ImportError, OSError, ValueError) as error:  # a missing or unreadable --index, or limits that clash
+        typer.secho(f"error: cannot start the server: {error}", fg="red", err=True)
         raise typer.Exit(2) from error
     typer.echo(f"serving {app.state.server.model_id} at http://{host}:{port}/v1", err=True)
-    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, finish in-flight requests.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, wait for in-flight requests.
+    # After graceful_timeout their work is stopped, so they still answer (a generation with what it has);
+    # uvicorn cancels whatever has not answered a few seconds later.
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=graceful_timeout + 5)
+    GracefulServer(config, grace=graceful_timeout, stop_work=app.state.server.stop_work).run()
+
 
 
 def _is_loopback(host: str) -> bool:

@@ -6,6 +6,7 @@ become 4xx here; only a genuine server fault is a 500.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request
@@ -35,6 +36,21 @@ class OpenAIError(Exception):
 def queue_full(queue: str, retry_after: int = 1) -> OpenAIError:
     return OpenAIError(429, f"The {queue} queue is full; retry after {retry_after} s.", type="rate_limit_error",
                        code="rate_limit_exceeded", headers={"Retry-After": str(retry_after)})
+
+
+def time_limit(seconds: float) -> OpenAIError:
+    return OpenAIError(408, f"The request ran past the server's time limit of {seconds:g} s and was stopped.",
+                       code="timeout")
+
+
+def shutting_down(retry_after: int = 5) -> OpenAIError:
+    return OpenAIError(503, "The server is shutting down; retry on another instance or after a restart.",
+                       type="server_error", code="shutting_down", headers={"Retry-After": str(retry_after)})
+
+
+def client_gone() -> OpenAIError:
+    # nginx's "client closed request": nobody reads it, but the metrics and logs say what happened.
+    return OpenAIError(499, "The client closed the request before the answer was ready.", code="client_closed")
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
@@ -105,15 +121,16 @@ def install_handlers(app: FastAPI) -> None:
 
 
 class BodyGuard:
-    """ASGI middleware: refuse bodies over ``max_bytes`` (declared or streamed) and non-UTF-8 bodies.
+    """ASGI middleware: refuse bodies over ``max_bytes`` (declared or streamed), bodies not received
+    within ``read_timeout`` seconds (408) and non-UTF-8 bodies.
 
     The body is read here once and replayed to the app, so FastAPI never parses an oversized
     or undecodable request. The API is JSON-only, so bodies are parsed as JSON whatever
     their Content-Type says (``curl -d`` sends a form type).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float | None = None):
+        self.app, self.max_bytes, self.read_timeout = app, max_bytes, read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -124,8 +141,15 @@ class BodyGuard:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await too_large.response()(scope, receive, send)
         body = bytearray()
+        deadline = asyncio.get_running_loop().time() + self.read_timeout if self.read_timeout else None
         while True:
-            message = await receive()
+            try:  # a client that sends its body slowly (or never) must not hold the connection
+                remaining = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+                message = await asyncio.wait_for(receive(), remaining)
+            except asyncio.TimeoutError:
+                slow = OpenAIError(408, f"The request body was not received within {self.read_timeout:g} s.",
+                                   code="request_timeout", headers={"Connection": "close"})
+                return await slow.response()(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")

@@ -27,6 +27,8 @@ class Metrics:
                                  "waiting for a slot", ["queue"], registry=self.registry)
         self.active_generations = Gauge("gritkit_active_generations", "Generations running now",
                                         registry=self.registry)
+        self.model_busy = Gauge("gritkit_model_busy", "Requests whose work is inside the model now (a cancelled "
+                                "request counts until its work has stopped)", ["worker"], registry=self.registry)
         self.embedding_batch_size = Histogram("gritkit_embedding_batch_size", "Texts per encode call",
                                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
 

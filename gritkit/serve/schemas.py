@@ -54,6 +54,7 @@ class EmbeddingRequest(OpenAIRequest):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(None, ge=1)
     instruction: Text = ""  # gritkit extra: the GRIT instruction (attended to, not pooled)
+    precision: Literal["float32", "int8", "binary"] = "float32"  # gritkit extra: see GritLM.encode
 
     @field_validator("input", mode="before")
     @classmethod
