@@ -117,7 +117,7 @@ def chat(
 
 
 def _register_subcommands() -> None:
-    for name in ("training", "rag", "eval", "serve"):
+    for name in ("training", "rag", "eval", "serve", "export"):
         try:
             module = importlib.import_module(f"gritkit.{name}.commands")
         except ModuleNotFoundError as error:
