@@ -128,15 +128,16 @@ needs_llama_cpp = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def llama_cpp_model(exported_default):
-    from llama_cpp import Llama
-
-    return Llama(model_path=str(exported_default("f32")), n_ctx=512, n_threads=1, embedding=True, verbose=False)
+def llama_cpp_file(exported_default):
+    return str(exported_default("f32"))
 
 
 @pytest.mark.slow
 @needs_llama_cpp
-def test_llama_cpp_generates_what_gritkit_generates(default_model, llama_cpp_model):
+def test_llama_cpp_generates_what_gritkit_generates(default_model, llama_cpp_file):
+    from llama_cpp import Llama
+
+    llama_cpp_model = Llama(model_path=llama_cpp_file, n_ctx=512, n_threads=1, verbose=False)
     for prompt in PROMPTS:
         ids = default_model.prompt_ids([{"role": "user", "content": prompt}])
         expected = list(default_model.generate_ids(ids, max_new_tokens=24))
@@ -150,8 +151,13 @@ def test_llama_cpp_generates_what_gritkit_generates(default_model, llama_cpp_mod
 
 @pytest.mark.slow
 @needs_llama_cpp
-def test_llama_cpp_grit_embeddings_match_gritkit(default_model, llama_cpp_model):
+def test_llama_cpp_grit_embeddings_match_gritkit(default_model, llama_cpp_file):
+    import llama_cpp
+
     from gritkit.export.llama_cpp import grit_embedding
+
+    llama_cpp_model = llama_cpp.Llama(model_path=llama_cpp_file, n_ctx=512, n_threads=1, embedding=True,
+                                      pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE, verbose=False)
 
     batch = default_model.tokenize_for_embedding(TEXTS, INSTRUCTION)
     expected = default_model.encode(TEXTS, instruction=INSTRUCTION)
