@@ -10,6 +10,7 @@ import sys
 import gguf
 import numpy as np
 import pytest
+import torch
 
 from gritkit import GritLM
 from gritkit.export.gguf import GgufExportError, export_gguf
@@ -55,6 +56,22 @@ def test_a_tiny_llama_directory_round_trips(tiny_llama_dir, dtype, tmp_path, mon
         assert source.prompt_ids([{"role": "user", "content": "Hi 123"}]) == exported.prompt_ids([{"role": "user", "content": "Hi 123"}])
         for prompt in PROMPTS:
             assert greedy(exported, prompt) == greedy(source, prompt)
+
+
+def test_an_adapter_directory_is_exported_merged(tiny_llama_dir, tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    base = GritLM.from_pretrained(str(tiny_llama_dir), device="cpu")
+    torch.manual_seed(1)
+    peft_model = get_peft_model(GritLM.from_pretrained(str(tiny_llama_dir), device="cpu").model, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                       init_lora_weights=False))
+    peft_model.peft_config["default"].base_model_name_or_path = str(tiny_llama_dir)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    source = GritLM.from_pretrained(str(tmp_path / "adapter"), device="cpu")
+    path = export_gguf(str(tmp_path / "adapter"), tmp_path / "adapter.gguf", dtype="f32")
+    exported = load_exported(path, tmp_path, monkeypatch)
+    assert cosines(source, exported).min() >= COSINE["f32"]
+    assert cosines(base, exported).min() < 0.999  # the adapter's change is in the file
 
 
 def test_query_and_key_rows_are_in_llama_cpp_rotary_order(tiny_model, tmp_path):

@@ -17,8 +17,8 @@ def gguf_command(
     dtype: Annotated[str, typer.Option(help="Weight type of the matrices: f32, f16 or q8_0")] = "f16",
 ) -> None:
     """Write SPEC as a GGUF file for llama.cpp, llama-cpp-python and Ollama (adapters merged)."""
-    from gritkit import ModelLoadError
     from gritkit.export.gguf import GgufExportError, export_gguf
+    from gritkit.loading import ModelLoadError
 
     try:
         path = export_gguf(spec, output, dtype=dtype)

@@ -63,11 +63,12 @@ def export_gguf(model: GritLM | str | os.PathLike | None, output: str | os.PathL
     config = hf_model.config
     _check_architecture(config)
     output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.partial")
     writer = gguf.GGUFWriter(staging, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     try:
         _add_model_metadata(writer, config, name=_model_name(spec), dtype=dtype)
-        source = loading.source_gguf(spec) if spec is None or isinstance(spec, (str, os.PathLike)) else None
+        source = loading.source_gguf(spec)
         if source is not None and _token_count(source) == config.vocab_size:
             _copy_tokenizer_metadata(writer, source)
         else:
