@@ -41,7 +41,7 @@ def grit_embedding(llm: Llama, token_ids: Sequence[int], instruction_length: int
             batch.pos[position] = position
             batch.n_seq_id[position] = 1
             batch.seq_id[position][0] = 0
-            batch.logits[position] = position >= instruction_length
+            batch.logits[position] = True  # llama.cpp wants every state of an embedding pass as output
         batch.n_tokens = count
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
         llama_cpp.llama_set_causal_attn(llm.ctx, False)
