@@ -57,11 +57,13 @@ print(json.dumps([statistics.mean(times), statistics.stdev(times) if len(times) 
 """
 
 
-def llama_cpp_seconds(ids: list[int], new_tokens: int, threads: int, repeats: int) -> tuple[float, float] | None:
-    """Mean/std seconds of llama.cpp, in its own process: two OpenMP runtimes in one process slow both."""
+def llama_cpp_seconds(ids: list[int], new_tokens: int, threads: int, repeats: int,
+                      gguf_path: str | None = None) -> tuple[float, float] | None:
+    """Mean/std seconds of llama.cpp on ``gguf_path`` (default: the package's GGUF), in its own
+    process: two OpenMP runtimes in one process slow both."""
     if importlib.util.find_spec("llama_cpp") is None:
         return None
-    job = json.dumps([ids, new_tokens, threads, repeats, str(default_gguf_path())])
+    job = json.dumps([ids, new_tokens, threads, repeats, str(gguf_path or default_gguf_path())])
     result = subprocess.run([sys.executable, "-c", LLAMA_CPP, job], capture_output=True, text=True, check=True)
     return tuple(json.loads(result.stdout.strip().splitlines()[-1]))
 

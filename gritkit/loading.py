@@ -125,9 +125,8 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str) -> tuple[PreTraine
     return model.to(device), tokenizer
 
 
-def _load_adapter_dir(path: Path, dtype: torch.dtype, device: str, merge: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from peft import PeftModel
-
+def adapter_base_spec(path: Path) -> str:
+    """The spec of the base model a PEFT adapter directory applies to (relative paths: from the adapter)."""
     adapter_config = json.loads((path / "adapter_config.json").read_text())
     base_spec = adapter_config.get("base_model_name_or_path") or BASE_SPEC
     if base_spec == DEFAULT_SPEC:  # an adapter never stacks on the shipped adapter
@@ -135,7 +134,27 @@ def _load_adapter_dir(path: Path, dtype: torch.dtype, device: str, merge: bool) 
     base_path = Path(base_spec).expanduser()
     if not base_path.is_absolute() and (path / base_spec).exists():
         base_spec = str(path / base_spec)
-    model, tokenizer = load(base_spec, dtype=dtype, device=device)
+    return base_spec
+
+
+def source_gguf(spec: str | os.PathLike | None) -> Path | None:
+    """The GGUF file whose weights and tokenizer ``spec`` is built on, or None (an HF directory,
+    or an adapter that ships its own tokenizer). The GGUF exporter copies its tokenizer metadata."""
+    spec = DEFAULT_SPEC if spec is None else str(spec)
+    if spec in (DEFAULT_SPEC, BASE_SPEC):
+        return default_gguf_path()
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if (path / "adapter_config.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        return source_gguf(adapter_base_spec(path))
+    return None
+
+
+def _load_adapter_dir(path: Path, dtype: torch.dtype, device: str, merge: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from peft import PeftModel
+
+    model, tokenizer = load(adapter_base_spec(path), dtype=dtype, device=device)
     if (path / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)
     model = PeftModel.from_pretrained(model, path).to(device)

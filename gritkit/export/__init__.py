@@ -1,0 +1,1 @@
+"""Export gritkit models to other runtimes' formats (``gritkit export gguf``)."""

@@ -1,0 +1,248 @@
+"""Write a gritkit model as one GGUF file that llama.cpp, llama-cpp-python and Ollama load.
+
+    gritkit export gguf default gritsmol.f16.gguf            # the default, its adapter merged
+    gritkit export gguf runs/my-adapter my.q8_0.gguf --dtype q8_0
+
+Any spec ``GritLM.from_pretrained`` takes works, as long as the decoder is Llama-shaped (llama,
+mistral). The weights are written under llama.cpp's tensor names, with the query/key rows put
+back in llama.cpp's rotary layout (transformers undoes that layout when it reads a GGUF). The
+tokenizer metadata is copied from the GGUF the model was loaded from (the default, a ``.gguf``
+spec, an adapter on one), otherwise built from the Hugging Face tokenizer (byte-level BPE only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import gguf
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from gritkit import loading
+
+if TYPE_CHECKING:
+    from gritkit.model import GritLM
+
+GgufDtype = Literal["f32", "f16", "q8_0"]
+DTYPES: tuple[GgufDtype, ...] = ("f32", "f16", "q8_0")
+# llama.cpp runs both as its "llama" architecture; Mistral differs only by its sliding window.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+
+logger = logging.getLogger(__name__)
+
+
+class GgufExportError(ValueError):
+    """The model cannot be written as a GGUF file that llama.cpp would run the same way."""
+
+
+def export_gguf(model: GritLM | str | os.PathLike | None, output: str | os.PathLike, *,
+                dtype: GgufDtype = "f16") -> Path:
+    """Write ``model`` (a spec such as ``"default"``, or a loaded :class:`GritLM`) to ``output``.
+
+    ``dtype``: ``f32`` (exact), ``f16`` or ``q8_0`` for the matrices; norms always stay f32, as
+    llama.cpp wants. The file is written beside ``output`` and renamed into place, so a failed
+    export never leaves half a file under that name.
+    """
+    if dtype not in DTYPES:
+        raise GgufExportError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if model is None or isinstance(model, (str, os.PathLike)):
+        spec = model
+        hf_model, tokenizer = loading.load(spec, dtype=torch.float32, device="cpu")
+    else:
+        spec, hf_model, tokenizer = model.name, model.model, model.tokenizer
+        if hasattr(hf_model, "merge_and_unload"):
+            raise GgufExportError("merge the PEFT adapter first (load with merge_adapter=True)")
+    config = hf_model.config
+    _check_architecture(config)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.partial")
+    writer = gguf.GGUFWriter(staging, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    try:
+        _add_model_metadata(writer, config, name=_model_name(spec), dtype=dtype)
+        source = loading.source_gguf(spec)
+        if source is not None and _token_count(source) == config.vocab_size:
+            _copy_tokenizer_metadata(writer, source)
+        else:
+            _add_hf_tokenizer_metadata(writer, tokenizer, config.vocab_size)
+        for name, array, raw_dtype in _gguf_tensors(hf_model, dtype):
+            writer.add_tensor(name, array, raw_dtype=raw_dtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(staging, output)
+    finally:
+        staging.unlink(missing_ok=True)
+    return output
+
+
+def _model_name(spec: object) -> str:
+    spec = str(spec or loading.DEFAULT_SPEC)
+    return "gritsmol (SmolLM2-135M-Instruct + GRIT adapter)" if spec == loading.DEFAULT_SPEC else Path(spec).name
+
+
+def _check_architecture(config) -> None:
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise GgufExportError(f"GGUF export supports {', '.join(SUPPORTED_MODEL_TYPES)} decoders, "
+                              f"not {config.model_type!r}")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise GgufExportError("GGUF export does not support attention or MLP biases")
+    rope_type = _rope_parameters(config).get("rope_type", "default")
+    if rope_type not in ("default", "linear"):
+        raise GgufExportError(f"GGUF export supports default and linear RoPE, not {rope_type!r}")
+    window = getattr(config, "sliding_window", None)
+    if window and window < config.max_position_embeddings:
+        logger.warning("llama.cpp's llama architecture has no sliding window: attention over more than %d "
+                       "tokens will differ from transformers'", window)
+
+
+def _rope_parameters(config) -> dict:
+    parameters = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    parameters.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    return parameters
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _add_model_metadata(writer: gguf.GGUFWriter, config, *, name: str, dtype: GgufDtype) -> None:
+    rope = _rope_parameters(config)
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
+    writer.add_key_length(_head_dim(config))
+    writer.add_value_length(_head_dim(config))
+    writer.add_rope_dimension_count(_head_dim(config))
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    if rope.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(FILE_TYPES[dtype])
+
+
+# ------------------------------------------------------------ tokenizer
+
+
+def _token_count(path: Path) -> int:
+    return len(gguf.GGUFReader(path).fields["tokenizer.ggml.tokens"].data)
+
+
+def _copy_tokenizer_metadata(writer: gguf.GGUFWriter, source: Path) -> None:
+    """Every ``tokenizer.*`` key of ``source`` as it is: vocabulary, merges, special ids, chat template."""
+    for key, field in gguf.GGUFReader(source).fields.items():
+        if key.startswith("tokenizer."):
+            sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub_type)
+
+
+def _add_hf_tokenizer_metadata(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
+    """llama.cpp's ``gpt2`` (byte-level BPE) vocabulary from a Hugging Face fast tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    bpe = spec.get("model") or {}
+    if bpe.get("type") != "BPE" or bpe.get("byte_fallback") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        raise GgufExportError("GGUF export builds tokenizer metadata only for byte-level BPE tokenizers "
+                              "(GPT-2, Llama 3, SmolLM style); this one is not")
+    id_to_token = {index: token for token, index in tokenizer.get_vocab().items()}
+    if len(id_to_token) > vocab_size:
+        raise GgufExportError(f"the tokenizer has {len(id_to_token)} tokens, the model's embedding {vocab_size}")
+    added = tokenizer.added_tokens_decoder
+    tokens, types = [], []
+    for index in range(vocab_size):
+        if index not in id_to_token:  # rows the embedding has but the tokenizer never produces
+            tokens.append(f"[PAD{index}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(id_to_token[index])
+        if index in added:
+            types.append(gguf.TokenType.CONTROL if added[index].special else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in bpe.get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_pre_tokenizer_name(spec.get("pre_tokenizer")))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for kind in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        if token_id is not None:
+            getattr(writer, f"add_{kind}_token_id")(token_id)
+    # Whether the tokenizer adds BOS/EOS, read off its behaviour rather than its many config flags.
+    with_specials = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    writer.add_add_bos_token(len(with_specials) > len(plain) and with_specials[0] == tokenizer.bos_token_id)
+    writer.add_add_eos_token(len(with_specials) > len(plain) and with_specials[-1] == tokenizer.eos_token_id)
+    if isinstance(tokenizer.chat_template, str):
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+_LLAMA3_PATTERN_START = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"
+
+
+def _pre_tokenizer_name(pre_tokenizer: dict | None) -> str:
+    """llama.cpp's name for how the text is split before BPE (``tokenizer.ggml.pre``).
+
+    Recognised from the structure of the tokenizer.json ``pre_tokenizer``; anything else gets
+    llama.cpp's ``default`` split, with a warning, since it can then tokenise differently.
+    """
+    steps = (pre_tokenizer or {}).get("pretokenizers") or ([pre_tokenizer] if pre_tokenizer else [])
+    kinds = [step.get("type") for step in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and str(steps[0].get("pattern", {}).get("Regex", "")).startswith(_LLAMA3_PATTERN_START):
+        return "llama-bpe"
+    logger.warning("unrecognised pre-tokenizer %s: llama.cpp will split text its default way", kinds)
+    return "default"
+
+
+# ------------------------------------------------------------ tensors
+
+
+def _to_llama_cpp_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Query/key rows from transformers' half-split rotary layout to llama.cpp's interleaved one."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def _gguf_tensors(model: PreTrainedModel, dtype: GgufDtype) -> Iterator[tuple[str, np.ndarray, gguf.GGMLQuantizationType | None]]:
+    """(llama.cpp name, data, raw type or None) for every weight, converted to ``dtype``."""
+    config = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    tied = getattr(config, "tie_word_embeddings", False)
+    for hf_name, weight in model.state_dict().items():
+        if tied and hf_name == "lm_head.weight":
+            continue  # llama.cpp reads the output projection from token_embd when output.weight is absent
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise GgufExportError(f"no llama.cpp tensor name for {hf_name}")
+        weight = weight.detach().float()
+        if name.endswith("attn_q.weight"):
+            weight = _to_llama_cpp_rotary(weight, config.num_attention_heads)
+        elif name.endswith("attn_k.weight"):
+            weight = _to_llama_cpp_rotary(weight, config.num_key_value_heads or config.num_attention_heads)
+        array = weight.numpy()
+        if array.ndim == 1 or dtype == "f32":
+            yield name, array, None
+        elif dtype == "q8_0" and array.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
+            yield name, gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+        else:  # f16, and q8_0 rows that are not whole 32-value blocks
+            yield name, array.astype(np.float16), None
