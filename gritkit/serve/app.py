@@ -391,7 +391,7 @@ async def answer_with_rag(body: RagRequest, request: Request) -> Response:
     if server.rag is None:
         raise OpenAIError(404, "This server was started without --index, so /v1/rag is off.",
                           code="rag_not_enabled")
-    options = {"k": body.k, "cache": body.cache, "max_new_tokens": body.max_tokens}
+    options = {"k": body.k, "cache": body.cache, "doc_cache": body.doc_cache, "max_new_tokens": body.max_tokens}
     options = {name: value for name, value in options.items() if value is not None}  # else RAG's defaults
     if body.max_tokens is not None:
         server.max_new_tokens(body.max_tokens)
@@ -401,7 +401,7 @@ async def answer_with_rag(body: RagRequest, request: Request) -> Response:
         raise queue_full("rag") from None
     try:
         [answer] = [item async for item in job]
-    except ValueError as error:  # e.g. an unknown cache mode
+    except ValueError as error:  # e.g. an unknown cache mode, or passage states the index does not hold
         raise OpenAIError(400, str(error), code="invalid_value") from None
     finally:
         job.cancel()
@@ -409,7 +409,8 @@ async def answer_with_rag(body: RagRequest, request: Request) -> Response:
                 for p in answer.passages]
     usage = {"prompt_tokens": answer.prompt_tokens, "cached_tokens": answer.cached_tokens}
     return JSONResponse({"object": "rag.answer", "model": server.model_id, "answer": answer.text,
-                         "passages": passages, "cache": answer.cache, "timings": answer.timings, "usage": usage})
+                         "passages": passages, "cache": answer.cache, "doc_cache": answer.doc_cache,
+                         "timings": answer.timings, "usage": usage})
 
 
 @router.get("/v1/models")
