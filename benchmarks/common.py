@@ -7,8 +7,10 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -29,10 +31,26 @@ def best_of(function: Callable[[], object], repeats: int) -> tuple[float, float]
     return statistics.mean(times), statistics.stdev(times) if len(times) > 1 else 0.0
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "commit": commit}
+    """Provenance of a result: commit (and whether the tree was clean), command, CPU, threads, date."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+
+    return {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD"),
+            "clean": not git("status", "--porcelain", "--untracked-files=no"),
+            "command": " ".join(["python", *sys.argv]), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def medquad_texts(limit: int) -> list[str]:

@@ -272,6 +272,7 @@ class Index:
         chunk_unit: ChunkUnit = "tokens",
         batch_size: int = 16,
         cache_kv: bool | KVKind | Literal["both"] | Sequence[KVKind] = False,
+        kv_on_demand: bool = False,
         show_progress_bar: bool = False,
     ) -> int:
         """Chunk, embed and store documents (dicts with ``id``, ``text`` and any metadata keys).
@@ -280,7 +281,9 @@ class Index:
         transaction. ``cache_kv`` keeps key/value states of each chunk for RAG caching:
         ``"bidirectional"`` (or ``True``) those of the embedding pass, ``"causal"`` those of the
         chunk in the doc-first chat layout (doc-cached answers then equal uncached doc-first RAG;
-        one more causal pass per chunk), ``"both"`` both. Returns the number of chunks written.
+        one more causal pass per chunk), ``"both"`` both. With ``kv_on_demand`` the index records
+        the kinds but computes a chunk's states only when an answer first needs them (for a large
+        corpus of which few chunks are ever retrieved). Returns the number of chunks written.
         """
         self._require_model()
         kinds = kv_kinds_of(cache_kv)
@@ -290,18 +293,18 @@ class Index:
         with tqdm(total=len(checked), desc="index add", unit="doc", disable=not show_progress_bar) as bar:
             for start in range(0, len(checked), batch_size):
                 batch = checked[start:start + batch_size]
-                written += self._add_batch(batch, chunk_size, chunk_overlap, chunk_unit, kinds)
+                written += self._add_batch(batch, chunk_size, chunk_overlap, chunk_unit, kinds, kv_on_demand)
                 bar.update(len(batch))
         self._save_vectors()
         return written
 
-    def _add_batch(self, batch, chunk_size, chunk_overlap, chunk_unit, kinds) -> int:
+    def _add_batch(self, batch, chunk_size, chunk_overlap, chunk_unit, kinds, kv_on_demand) -> int:
         model = self._require_model()
         chunks = [(doc_id, position, piece) for doc_id, text, _ in batch
                   for position, piece in enumerate(chunk_text(text, model.tokenizer, chunk_size, chunk_overlap, chunk_unit))]
         texts = [piece for _, _, piece in chunks]
         segments: list[tuple[int, str, Segment]] = []  # (position in texts, kind, segment)
-        if "bidirectional" in kinds:  # one text per pass, so no padding enters a cache
+        if "bidirectional" in kinds and not kv_on_demand:  # one text per pass, so no padding enters a cache
             vectors = []
             for position, text in enumerate(texts):
                 vector, cache, token_ids = model.embed_with_cache(text)
@@ -310,7 +313,7 @@ class Index:
             vectors = np.stack(vectors)
         else:
             vectors = model.encode(texts)
-        if "causal" in kinds:
+        if "causal" in kinds and not kv_on_demand:
             segments += [(position, "causal", causal_passage_segment(model, text)) for position, text in enumerate(texts)]
         token_counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         with self._transaction():
