@@ -114,7 +114,7 @@ def test_evicted_causal_states_are_rebuilt_in_the_same_kind(default_model, tmp_p
     assert rebuilt.text == stored.text and index.kv.keys() == [f"{index.search('Eiffel', 1)[0].chunk_id}-chat"]
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma3"])  # gemma3: sliding windows, two RoPEs
 def test_k1_causal_doc_cache_equals_uncached_on_tiny_models(tiny_model, architecture, tmp_path):
     model: GritLM = tiny_model(architecture)
     index = Index.open(tmp_path / "index", model)
