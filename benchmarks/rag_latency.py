@@ -6,7 +6,8 @@ mode does the same work), ``--repeats`` runs per cell, mean and std. Caches of d
 at index time; that time is reported apart and never counted in a mode's latency.
 
 Quality: TyDi QA English gold passages as the corpus; each question is retrieved (k=1) and answered
-in every mode; match = the normalised gold answer string occurs in the normalised output.
+in every mode; match = the normalised gold answer string occurs in the normalised output. (The
+fuller quality table, on TyDi QA dev and SQuAD with every metric, is benchmarks/rag_quality.py.)
 
     python benchmarks/rag_latency.py --lengths 250 500 1000 2000 4000 --repeats 2 --limit 50
 

@@ -145,3 +145,40 @@ def instruction_for(task: str, task_type: str = "") -> str:
     """The query instruction of ``task`` (gritkit or MTEB name), else the generic one of its type."""
     type_key = "".join(char for char in task_type.lower() if char.isalpha())  # "PairClassification", "pair_classification"
     return INSTRUCTIONS.get(task) or TYPE_INSTRUCTIONS.get(type_key, "")
+# ---------------------------------------------------------------- causal doc caching
+
+_CONTENT_MARK = "\x00gritkit-content\x00"
+
+
+def user_turn_parts(tokenizer) -> tuple[str, str]:
+    """The chat prompt of one user message split around its content: ``(before, after)``.
+
+    ``before`` is everything up to the user's text (start of sequence, system preamble, user
+    marker); ``after`` closes the turn and opens the assistant's. An error for a template that
+    renders the content more than once or not at all.
+    """
+    text = chat_prompt(tokenizer, [{"role": "user", "content": _CONTENT_MARK}])
+    if text.count(_CONTENT_MARK) != 1:
+        raise ValueError("the model's chat template does not render a user message's text exactly once")
+    before, after = text.split(_CONTENT_MARK)
+    return before, after
+
+
+def doc_first_piece(passage: str) -> str:
+    """A passage as it stands in the doc-first prompt: the passage and the blank line after it."""
+    return f"{passage}\n\n"
+
+
+def doc_first_layout(tokenizer, question: str, documents: Sequence[str],
+                     answer_prefix: str = "") -> tuple[str, list[str], str]:
+    """``rag_prompt(..., cache="none", order="doc_first")`` cut at the passage boundaries.
+
+    Returns ``(preamble, pieces, tail)``: the chat text before the user's message, one
+    :func:`doc_first_piece` per passage, and the question, instruction and assistant start.
+    Their concatenation is the doc-first prompt whenever the chat template inserts the message
+    text unchanged (templates that trim it differ by that whitespace). Causal doc caching stores
+    the states of ``preamble + piece`` per passage at index time and runs only ``tail`` when asked.
+    """
+    before, after = user_turn_parts(tokenizer)
+    tail = f"{question}\n\n{DOC_FIRST_INSTRUCTION}{after}{answer_prefix}"
+    return before, [doc_first_piece(document) for document in documents], tail

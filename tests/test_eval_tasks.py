@@ -89,11 +89,7 @@ def test_loaders_on_the_real_files(tmp_path):
     assert len(tydiqa.load_squad("tydiqa_goldp/train/tydiqa.goldp.en.train.json")) == 3696
     dev = tydiqa.load_squad("tydiqa_goldp/dev/tydiqa.goldp.en.dev.json")  # its answers were once blanked
     assert len(dev) == 440 and all(answer.strip() for item in dev for answer in item.answers)
-    blanked = tmp_path / "blanked.json"
-    blanked.write_text(json.dumps({"data": [{"paragraphs": [{"context": "c", "qas": [
-        {"id": "1", "question": "q", "answers": [{"text": "", "answer_start": 0}]}]}]}]}))
-    with pytest.raises(ValueError, match="gold answer is empty"):
-        tydiqa.load_squad(blanked)
+    assert len(tydiqa.load_squad("squad_v1_dev/dev-v1.1.json")) == 10570
     assert len(open_ended.load_instructions("alpaca_eval/alpaca_eval.jsonl")) == 805
     user = open_ended.load_instructions("selfinstruct_user_oriented/user_oriented_instructions.jsonl")
     assert len(user) == 252 and user[0].endswith("please let me know.")  # instruction, then its input
@@ -104,8 +100,8 @@ def test_loaders_on_the_real_files(tmp_path):
 def test_every_named_task_has_data_and_instructions():
     assert set(GROUPS["all"]) == set(TASKS)
     for name in GROUPS["embedding"]:
-        assert instruction_for(name)
-    assert parse_tasks("stsb,embedding,bbh:navigate")[:2] == ["stsb", "mrpc"]
+        assert instruction_for(name) or TASKS[name].instruction == ""  # "" only where a task says so
+    assert parse_tasks("stsb,embedding,bbh:navigate")[:3] == ["stsb", "stsb_noinstruction", "mrpc"]
     assert "bbh:navigate" in parse_tasks("bbh:navigate")
     with pytest.raises(ValueError, match="unknown task"):
         parse_tasks("stsb,nope")
@@ -179,7 +175,7 @@ def test_generative_tasks_run_end_to_end(tiny_model, tmp_path):
     assert score.n == 2 and len(score.outputs) == 2
     score = bbh.evaluate(model, "bbh", limit=2, tasks=["navigate", "snarks"], max_new_tokens=4)
     assert score.n == 2 and all(key.startswith("exact_match/") for key in score.extra)
-    score = tydiqa.evaluate(model, "tydiqa_goldp/train/tydiqa.goldp.en.train.json", limit=2, max_new_tokens=4)
+    score = tydiqa.evaluate(model, "tydiqa_goldp/dev/tydiqa.goldp.en.dev.json", limit=2, max_new_tokens=4)
     assert score.metric == "f1" and score.n == 2
     score = humaneval.evaluate(model, "humaneval/HumanEval.jsonl.gz", limit=1, max_new_tokens=4, timeout=5)
     assert score.value == 0.0 and score.outputs[0]["error"]  # four random tokens do not pass

@@ -157,7 +157,7 @@ def test_kill_9_during_add_leaves_exactly_the_committed_documents(default_model,
     source.write_text("".join(json.dumps(d) + "\n" for d in docs))
     process = subprocess.Popen(
         [sys.executable, "-m", "gritkit", "index", "add", str(source), "--index", str(index_dir),
-         "--batch-size", "2", "--cache-kv"],
+         "--batch-size", "2", "--cache-kv", "bidirectional"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 600
     while _committed_documents(index_dir) < 7 and time.monotonic() < deadline and process.poll() is None:
@@ -189,10 +189,13 @@ def test_cli_index_and_ask(tmp_path, default_model):
     rows.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
     index_dir = str(tmp_path / "index")
 
-    result = runner.invoke(app, ["index", "add", str(folder), str(rows), "--index", index_dir, "--cache-kv"])
+    result = runner.invoke(app, ["index", "add", str(folder), "--index", index_dir, "--cache-kv", "sideways"])
+    assert result.exit_code == 2 and "cache_kv must be" in result.output
+    result = runner.invoke(app, ["index", "add", str(folder), str(rows), "--index", index_dir, "--cache-kv", "causal"])
     assert result.exit_code == 0, result.output
     stats = json.loads(runner.invoke(app, ["index", "stats", "--index", index_dir]).stdout)
     assert stats["documents"] == 4 and stats["kv_entries"] == 4 and stats["model"] == "default"
+    assert stats["kv_kinds"] == ["causal"]
 
     result = runner.invoke(app, ["index", "search", "The Seine flows through Paris.", "--index", index_dir,
                                  "-k", "1", "--json"])
@@ -203,6 +206,9 @@ def test_cli_index_and_ask(tmp_path, default_model):
     assert result.exit_code == 0, result.output
     reply = json.loads(result.stdout)
     assert reply["passages"][0]["id"] == "tokyo#0" and reply["cache"] == "doc" and reply["timings"]["total"] > 0
+    assert reply["doc_cache"] == "causal"
+    result = runner.invoke(app, ["ask", "q", "--index", index_dir, "--cache", "doc", "--doc-cache", "bidirectional"])
+    assert result.exit_code == 2 and "holds only 'causal' states" in result.output
 
     result = runner.invoke(app, ["index", "delete", "tokyo", "--index", index_dir])
     assert result.exit_code == 0 and "deleted 1 of 1" in result.output

@@ -173,7 +173,8 @@ def test_all_modes_answer_with_bidirectional_caches(default_model, tmp_path):
 
 def test_missing_passage_cache_is_built_once_and_reported_apart(default_model, tmp_path):
     index = Index.open(tmp_path / "index", default_model)
-    index.add(DOCS[:1])
+    index.add(DOCS[:1], cache_kv=True)
+    index.kv.delete(index.kv.keys())  # as the LRU budget would
     rag = RAG(default_model, index)
     first = rag.answer("Where is Paris?", cache="doc", max_new_tokens=2)
     second = rag.answer("Where is Paris?", cache="doc", max_new_tokens=2)

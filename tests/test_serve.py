@@ -454,6 +454,8 @@ def test_rag_route_answers_from_the_index(small_server_url):
         assert {"retrieve", "total"} <= set(body["timings"])
         bad = http.post("/v1/rag", json={"query": "x", "cache": "everything"})
         assert bad.status_code == 400 and "cache" in assert_openai_error(bad)["message"]
+        not_held = http.post("/v1/rag", json={"query": "x", "cache": "doc", "doc_cache": "causal"})
+        assert not_held.status_code == 400 and "holds no key/value states" in assert_openai_error(not_held)["message"]
 
 
 def test_serve_refuses_a_missing_index_directory(tmp_path):

@@ -90,11 +90,17 @@ def add(
     chunk_overlap: Annotated[int, typer.Option(help="Overlap between consecutive chunks")] = 32,
     chunk_unit: Annotated[str, typer.Option(help="'tokens' or 'chars'")] = "tokens",
     batch_size: Annotated[int, typer.Option(help="Documents per transaction")] = 16,
-    cache_kv: Annotated[bool, typer.Option("--cache-kv", help="Keep each chunk's key/value cache for RAG")] = False,
+    cache_kv: Annotated[Optional[str], typer.Option(
+        "--cache-kv", help="Keep key/value states of each chunk for RAG caching: 'causal' (doc-first chat layout; "
+                           "cached answers equal uncached doc-first RAG), 'bidirectional' (the embedding pass) or 'both'",
+    )] = None,
     kv_budget: Annotated[str, typer.Option(help="Size budget of the KV store (LRU), e.g. 4GB or none")] = "4GB",
 ) -> None:
     """Add (or replace, by id) documents in an index, creating it if missing."""
+    from gritkit.rag.index import kv_kinds_of
+
     try:
+        kinds = kv_kinds_of(cache_kv)
         documents = list(read_documents(paths))
         budget = parse_size(kv_budget)
     except (ValueError, OSError) as error:
@@ -102,7 +108,7 @@ def add(
     with _open(index, model, need_model=True, must_exist=False, kv_budget_bytes=budget) as opened:
         try:
             chunks = opened.add(documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
-                                batch_size=batch_size, cache_kv=cache_kv, show_progress_bar=True)
+                                batch_size=batch_size, cache_kv=kinds, show_progress_bar=True)
         except (ValueError, TypeError) as error:
             raise fail(str(error)) from error
         typer.echo(f"added {len(documents)} documents ({chunks} chunks); index has {len(opened)} documents", err=True)
@@ -163,6 +169,9 @@ def ask(
     cache: Annotated[str, typer.Option(help="none | query | doc | query_doc | doc_query")] = "none",
     k: Annotated[int, typer.Option("-k", help="Passages to retrieve (0: no retrieval, cache none)")] = 1,
     order: Annotated[str, typer.Option(help="query_first | doc_first (cache none only)")] = "query_first",
+    doc_cache: Annotated[Optional[str], typer.Option(
+        help="Passage states for the modes with passages: causal | bidirectional (default: what the index holds, "
+             "causal first for --cache doc)")] = None,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     model: ModelOption = None,
@@ -173,19 +182,21 @@ def ask(
 
     with _open(index, model, need_model=True) as opened:
         try:
-            answer = RAG(opened.model, opened).answer(question, cache=cache, k=k, order=order,
+            answer = RAG(opened.model, opened).answer(question, cache=cache, k=k, order=order, doc_cache=doc_cache,
                                                       max_new_tokens=max_new_tokens, temperature=temperature)
         except ValueError as error:
             raise fail(str(error)) from error
     if as_json:
-        print(json.dumps({"answer": answer.text, "cache": answer.cache, "timings": answer.timings,
+        print(json.dumps({"answer": answer.text, "cache": answer.cache, "doc_cache": answer.doc_cache,
+                          "timings": answer.timings,
                           "passages": [{"id": p.id, "score": p.score, "text": p.text} for p in answer.passages]}))
         return
     print(answer.text)
     for passage in answer.passages:
         typer.echo(f"  [{passage.score:.3f}] {passage.id}", err=True)
     timings = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in answer.timings.items())
-    typer.echo(f"  cache={answer.cache}: {timings}", err=True)
+    kind = f" ({answer.doc_cache} passage states)" if answer.doc_cache else ""
+    typer.echo(f"  cache={answer.cache}{kind}: {timings}", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,13 @@ Layout of an index directory::
 
     index.sqlite      documents, chunks (text + float32 vector) and settings: the source of truth
     vectors.faiss     faiss IndexIDMap(IndexFlatIP) over chunk ids: exact inner-product search
-    kv/               KVStore of per-chunk key/value segments (optional, ``cache_kv=True``)
+    kv/               KVStore of per-chunk key/value segments (optional, ``cache_kv=...``)
+
+Two kinds of key/value states can be kept per chunk (``settings.kv_kinds`` records which):
+``"bidirectional"``, the states of the embedding pass itself (``<|embed|>\n{chunk}``, attention as
+the model embeds), and ``"causal"``, the chunk run causally in the doc-first chat layout after the
+chat preamble (``gritkit.prompts.doc_first_layout``), from which doc-cached answers equal uncached
+doc-first RAG. Either way the embedding comes from the embedding pass.
 
 Every batch of documents is committed in one SQLite transaction (WAL, synchronous=FULL), so a
 document is either fully in the index or not at all. The faiss file is derived data: it is written
@@ -34,11 +40,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gritkit.model import Attention, GritLM
-from gritkit.prompts import RAG_QUERY_INSTRUCTION
-from gritkit.rag.kv import Segment
+from gritkit.prompts import RAG_QUERY_INSTRUCTION, doc_first_piece, user_turn_parts
+from gritkit.rag.kv import Segment, causal_segment
 from gritkit.rag.kvstore import KVStore
 
 ChunkUnit = Literal["tokens", "chars"]
+KVKind = Literal["bidirectional", "causal"]
+KV_KINDS: tuple[str, ...] = ("bidirectional", "causal")
 QUERY_INSTRUCTION = RAG_QUERY_INSTRUCTION
 DEFAULT_KV_BUDGET = 4 * 1024**3
 
@@ -134,13 +142,43 @@ def _check_documents(documents: Sequence[dict]) -> list[tuple[str, str, dict]]:
     return checked
 
 
+def kv_kinds_of(cache_kv: bool | str | Sequence[str] | None) -> tuple[str, ...]:
+    """The KV kinds an ``Index.add(cache_kv=...)`` value asks for: ``True`` is ``"bidirectional"``,
+    ``False``/``None`` none, ``"both"`` or a sequence of kinds several."""
+    if cache_kv is None or cache_kv is False:
+        return ()
+    if cache_kv is True:
+        return ("bidirectional",)
+    kinds = KV_KINDS if cache_kv == "both" else (cache_kv,) if isinstance(cache_kv, str) else tuple(cache_kv)
+    for kind in kinds:
+        if kind not in KV_KINDS:
+            raise ValueError(f"cache_kv must be True, False, 'both' or one of {', '.join(KV_KINDS)}, not {kind!r}")
+    return tuple(kind for kind in KV_KINDS if kind in kinds)
+
+
+def chat_token_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of one piece of a chat prompt (special tokens written in the text, none added)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def causal_passage_segment(model: GritLM, text: str) -> Segment:
+    """The ``"causal"`` KV kind of one chunk: its doc-first piece run after the chat preamble.
+
+    Preamble and piece are tokenised apart (uncached doc-first RAG tokenises the same pieces), and
+    the preamble's states are left out: causal, so the same for every chunk (RAG adds them once).
+    """
+    preamble, _ = user_turn_parts(model.tokenizer)
+    return causal_segment(model, chat_token_ids(model.tokenizer, preamble),
+                          chat_token_ids(model.tokenizer, doc_first_piece(text)))
+
+
 class Index:
     """Documents chunked, embedded with a GritLM and searched by cosine similarity; persistent on disk.
 
     Example::
 
         index = Index.open("./myindex", model)              # created if missing
-        index.add([{"id": "d1", "text": "..."}], cache_kv=True)
+        index.add([{"id": "d1", "text": "..."}], cache_kv="causal")   # or "bidirectional" (True), "both"
         passages = index.search("a question", k=5)
     """
 
@@ -237,6 +275,25 @@ class Index:
         row = self.db.execute("SELECT value FROM settings WHERE key = 'model'").fetchone()
         return row[0] if row else None
 
+    @property
+    def kv_kinds(self) -> tuple[str, ...]:
+        """The KV kinds this index holds (``"bidirectional"``, ``"causal"``): those any ``add`` stored.
+
+        Entries of a held kind that are missing (evicted by the budget, or documents added without
+        a cache) are computed again when asked for; a kind the index does not hold never is.
+        """
+        row = self.db.execute("SELECT value FROM settings WHERE key = 'kv_kinds'").fetchone()
+        if row:
+            return tuple(json.loads(row[0]))
+        # An index written before kinds were recorded held only embedding-pass states.
+        return ("bidirectional",) if len(self.kv) else ()
+
+    def _record_kv_kinds(self, kinds: Sequence[str]) -> None:
+        """Add ``kinds`` to the recorded set (inside the add's transaction)."""
+        held = set(self.kv_kinds) | set(kinds)
+        self.db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('kv_kinds', ?)",
+                        (json.dumps([kind for kind in KV_KINDS if kind in held]),))
+
     # ------------------------------------------------------------ faiss, derived from SQLite
 
     def _faiss_path(self) -> Path:
@@ -289,45 +346,55 @@ class Index:
         chunk_overlap: int = 32,
         chunk_unit: ChunkUnit = "tokens",
         batch_size: int = 16,
-        cache_kv: bool = False,
+        cache_kv: bool | KVKind | Literal["both"] | Sequence[KVKind] = False,
+        kv_on_demand: bool = False,
         show_progress_bar: bool = False,
     ) -> int:
         """Chunk, embed and store documents (dicts with ``id``, ``text`` and any metadata keys).
 
         Re-adding an id replaces that document. Each batch of ``batch_size`` documents is one
-        transaction. With ``cache_kv`` the key/value states of each chunk's embedding pass are kept
-        for RAG caching. Returns the number of chunks written.
+        transaction. ``cache_kv`` keeps key/value states of each chunk for RAG caching:
+        ``"bidirectional"`` (or ``True``) those of the embedding pass, ``"causal"`` those of the
+        chunk in the doc-first chat layout (doc-cached answers then equal uncached doc-first RAG;
+        one more causal pass per chunk), ``"both"`` both. With ``kv_on_demand`` the index records
+        the kinds but computes a chunk's states only when an answer first needs them (for a large
+        corpus of which few chunks are ever retrieved). Returns the number of chunks written.
         """
         self._require_model()
+        kinds = kv_kinds_of(cache_kv)
         checked = _check_documents(list(documents))
         _check_chunking(chunk_size, chunk_overlap, chunk_unit)
         written = 0
         with tqdm(total=len(checked), desc="index add", unit="doc", disable=not show_progress_bar) as bar:
             for start in range(0, len(checked), batch_size):
                 batch = checked[start:start + batch_size]
-                written += self._add_batch(batch, chunk_size, chunk_overlap, chunk_unit, cache_kv)
+                written += self._add_batch(batch, chunk_size, chunk_overlap, chunk_unit, kinds, kv_on_demand)
                 bar.update(len(batch))
         self._save_vectors()
         return written
 
-    def _add_batch(self, batch, chunk_size, chunk_overlap, chunk_unit, cache_kv) -> int:
+    def _add_batch(self, batch, chunk_size, chunk_overlap, chunk_unit, kinds, kv_on_demand) -> int:
         model = self._require_model()
         chunks = [(doc_id, position, piece) for doc_id, text, _ in batch
                   for position, piece in enumerate(chunk_text(text, model.tokenizer, chunk_size, chunk_overlap, chunk_unit))]
         texts = [piece for _, _, piece in chunks]
-        segments: list[Segment] = []
-        if cache_kv:  # one text per pass, so no padding enters a cache
+        segments: list[tuple[int, str, Segment]] = []  # (position in texts, kind, segment)
+        if "bidirectional" in kinds and not kv_on_demand:  # one text per pass, so no padding enters a cache
             vectors = []
-            for text in texts:
+            for position, text in enumerate(texts):
                 vector, cache, token_ids = model.embed_with_cache(text)
                 vectors.append(vector)
-                segments.append(Segment.from_cache(cache, len(token_ids)))
+                segments.append((position, "bidirectional", Segment.from_cache(cache, len(token_ids))))
             vectors = np.stack(vectors)
         else:
             vectors = model.encode(texts)
+        if "causal" in kinds and not kv_on_demand:
+            segments += [(position, "causal", causal_passage_segment(model, text)) for position, text in enumerate(texts)]
         token_counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         with self._transaction():
             old_ids = self._delete_chunks([doc_id for doc_id, _, _ in batch])
+            if kinds:
+                self._record_kv_kinds(kinds)
             self.db.executemany("INSERT OR REPLACE INTO documents (id, metadata) VALUES (?, ?)",
                                 [(doc_id, json.dumps(metadata)) for doc_id, _, metadata in batch])
             new_ids = []
@@ -338,8 +405,8 @@ class Index:
                 new_ids.append(cursor.lastrowid)
         self._forget_chunks(old_ids)
         self.vectors.add_with_ids(np.asarray(vectors, dtype=np.float32), np.array(new_ids, dtype=np.int64))
-        for chunk_id, segment in zip(new_ids, segments):
-            self.kv.put(self._kv_key(chunk_id, model.attention), segment)
+        for position, kind, segment in segments:
+            self.kv.put(self._kv_key(new_ids[position], kind, model.attention), segment)
         return len(new_ids)
 
     @contextlib.contextmanager
@@ -364,7 +431,8 @@ class Index:
         """Drop committed-away chunks from the vector index and the KV store."""
         if chunk_ids:
             self.vectors.remove_ids(np.array(chunk_ids, dtype=np.int64))
-            self.kv.delete([self._kv_key(i, a) for i in chunk_ids for a in ("bidirectional", "causal")])
+            gone = {str(i) for i in chunk_ids}  # every kind and fingerprint of these chunks
+            self.kv.delete([key for key in self.kv.keys() if key.split("-")[0] in gone])
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (and their chunks and caches); returns how many existed."""
@@ -418,34 +486,41 @@ class Index:
         return {"path": str(self.path), "model": self.model_name, "dim": self.dim,
                 "fingerprint": self.fingerprint, "documents": documents,
                 "chunks": chunks, "tokens": tokens, "vectors": self.vectors.ntotal,
-                "search": "exact (faiss IndexFlatIP)",
+                "search": "exact (faiss IndexFlatIP)", "kv_kinds": list(self.kv_kinds),
                 "kv_entries": kv["entries"], "kv_bytes": kv["bytes"], "kv_bytes_per_token": kv["bytes_per_token"],
                 "kv_budget_bytes": kv["budget_bytes"]}
 
     # ------------------------------------------------------------ key/value caches
 
-    def _kv_key(self, chunk_id: int, attention: Attention) -> str:
-        """Segments are keyed by chunk, kind and the fingerprint of the model that computed them."""
-        return f"{chunk_id}-{attention}-{(self.fingerprint or 'none')[:16]}"
+    def _kv_key(self, chunk_id: int, kind: str, attention: Attention) -> str:
+        """Segments are keyed by chunk, kind and the fingerprint of the model that computed them;
+        embedding-pass states by the attention they ran with."""
+        label = "chat" if kind == "causal" else attention
+        return f"{chunk_id}-{label}-{(self.fingerprint or 'none')[:16]}"
 
     def _drop_orphan_kv(self) -> None:
         live = {str(i) for i in self._chunk_ids()}
         self.kv.delete([key for key in self.kv.keys() if key.split("-")[0] not in live])
 
-    def kv_segment(self, passage: Passage, model: GritLM | None = None, *,
+    def kv_segment(self, passage: Passage, model: GritLM | None = None, *, kind: KVKind = "bidirectional",
                    attention: Attention | None = None) -> tuple[Segment, bool]:
-        """The key/value segment of a passage's embedding pass: from the store, else computed (with
-        ``model``, default the index's) and stored. Returns the segment and whether it was computed now.
+        """A passage's key/value segment of ``kind``: from the store, else computed (with ``model``,
+        default the index's) and stored. Returns the segment and whether it was computed now.
         """
+        if kind not in KV_KINDS:
+            raise ValueError(f"KV kind must be one of {', '.join(KV_KINDS)}, not {kind!r}")
         model = model or self._require_model()
         self.check_model(model)  # another model's states would be silently wrong
         attention = attention or model.attention
-        key = self._kv_key(passage.chunk_id, attention)
+        key = self._kv_key(passage.chunk_id, kind, attention)
         segment = self.kv.get(key)
         if segment is not None:
             return segment, False
-        _, cache, token_ids = model.embed_with_cache(passage.text, attention=attention)
-        segment = Segment.from_cache(cache, len(token_ids))
+        if kind == "causal":
+            segment = causal_passage_segment(model, passage.text)
+        else:
+            _, cache, token_ids = model.embed_with_cache(passage.text, attention=attention)
+            segment = Segment.from_cache(cache, len(token_ids))
         self.kv.put(key, segment)
         return segment, True
 

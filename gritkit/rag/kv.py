@@ -117,3 +117,28 @@ def build_cache(model: GritLM, segments: Sequence[Segment]) -> DynamicCache:
         if hasattr(layer, "cumulative_length"):  # a sliding layer counts positions, not what it stores
             layer.cumulative_length = total
     return cache
+
+
+def drop_leading_tokens(model: GritLM, segment: Segment, count: int) -> Segment:
+    """The segment without its first ``count`` tokens, its keys moved back to start at position 0."""
+    if not 0 <= count <= segment.length:
+        raise ValueError(f"cannot drop {count} tokens from a segment of {segment.length}")
+    keys, values = [], []
+    for layer_idx, (layer_keys, layer_values) in enumerate(zip(segment.keys, segment.values)):
+        first_stored = segment.length - layer_keys.shape[-2]  # a sliding layer keeps only its last tokens
+        cut = max(0, count - first_stored)
+        keys.append(rotate_keys(model, layer_keys[..., cut:, :].float(), -count, layer_idx).to(layer_keys.dtype))
+        values.append(layer_values[..., cut:, :])
+    return Segment(keys, values, segment.length - count)
+
+
+def causal_segment(model: GritLM, prefix_ids: Sequence[int], token_ids: Sequence[int]) -> Segment:
+    """Causal key/value states of ``token_ids`` run after ``prefix_ids``, without the prefix's own states.
+
+    Under causal attention the prefix's states do not depend on what follows it, so one copy of
+    them (computed once) serves every text; the returned segment starts at position 0 and is put
+    after that copy by :func:`build_cache`.
+    """
+    ids = [*prefix_ids, *token_ids]
+    cache, _ = model.prefill(ids)
+    return drop_leading_tokens(model, Segment.from_cache(cache, len(ids)), len(prefix_ids))

@@ -543,7 +543,7 @@ async def answer_with_rag(body: RagRequest, request: Request) -> Response:
         raise OpenAIError(404, "This server was started without --index, so /v1/rag is off.",
                           code="rag_not_enabled")
     answer_tokens = RAG_DEFAULT_MAX_TOKENS if body.max_tokens is None else server.max_new_tokens(body.max_tokens)
-    options = {"k": body.k, "cache": body.cache, "max_new_tokens": answer_tokens}
+    options = {"k": body.k, "cache": body.cache, "doc_cache": body.doc_cache, "max_new_tokens": answer_tokens}
     options = {name: value for name, value in options.items() if value is not None}  # else RAG's defaults
     # The query, the passages and the answer share the context: check the query here (cheaply first),
     # and RAG.answer checks the whole prompt once it has the passages, before generating.
@@ -566,7 +566,7 @@ async def answer_with_rag(body: RagRequest, request: Request) -> Response:
 
     try:
         answers = await guarded(request, ticket, collect(), limit=server.request_timeout)
-    except ValueError as error:  # e.g. an unknown cache mode, or a prompt over the context
+    except ValueError as error:  # an unknown cache mode, passage states the index lacks, a prompt over the context
         raise OpenAIError(400, str(error), code="invalid_value") from None
     finally:
         job.cancel()
@@ -577,7 +577,8 @@ async def answer_with_rag(body: RagRequest, request: Request) -> Response:
                 for p in answer.passages]
     usage = {"prompt_tokens": answer.prompt_tokens, "cached_tokens": answer.cached_tokens}
     return JSONResponse({"object": "rag.answer", "model": server.model_id, "answer": answer.text,
-                         "passages": passages, "cache": answer.cache, "timings": answer.timings, "usage": usage})
+                         "passages": passages, "cache": answer.cache, "doc_cache": answer.doc_cache,
+                         "timings": answer.timings, "usage": usage})
 
 
 @router.get("/v1/models")

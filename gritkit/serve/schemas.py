@@ -156,4 +156,5 @@ class RagRequest(OpenAIRequest):
     query: Text = Field(min_length=1)
     k: StrictInt | None = Field(None, ge=1, le=100)  # None: RAG.answer's defaults
     cache: StrictStr | None = None  # a gritkit.rag cache mode: none, query, doc, query_doc, doc_query
+    doc_cache: StrictStr | None = None  # passage states: causal, bidirectional (None: what the index holds)
     max_tokens: StrictInt | None = None

@@ -50,9 +50,8 @@ TASKS: dict[str, Task] = {
                   partial(gsm8k.evaluate, test_path="gsm8k/test.jsonl", train_path="gsm8k/train.jsonl")),
     "bbh": Task("generative", "BIG-Bench Hard, 3-shot CoT, exact match (bbh:<task> for one task)",
                 partial(bbh.evaluate, folder="bbh"), variant="tasks"),
-    # The shipped dev files have every gold answer blanked, so the English train split is scored.
-    "tydiqa": Task("generative", "TyDi QA GoldP English (train: dev answers are blank), 1-shot, F1",
-                   partial(tydiqa.evaluate, path="tydiqa_goldp/train/tydiqa.goldp.en.train.json")),
+    "tydiqa": Task("generative", "TyDi QA GoldP English dev, 1-shot, F1",
+                   partial(tydiqa.evaluate, path="tydiqa_goldp/dev/tydiqa.goldp.en.dev.json")),
     "nq_open": Task("generative", "NQ-open dev, closed book (no passage), answer match",
                     partial(nq_open.evaluate, path="nq_open/NQ-open.dev.jsonl")),
     "humaneval": Task("generative", "HumanEval, greedy pass@1 (sandboxed subprocess)",
