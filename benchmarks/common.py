@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import json
 import os
 import platform
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
@@ -85,3 +87,39 @@ def report(name: str, rows: list[dict], extra: dict | None = None) -> Path:
     path.write_text(json.dumps({"rows": rows, **(extra or {}), **machine()}, indent=2))
     print(f"wrote {path}")
     return path
+
+
+@contextlib.contextmanager
+def launched_server(*extra: str):
+    """`python -m gritkit serve *extra` on a free loopback port; yields (process, base URL).
+
+    On exit the server is stopped gracefully (SIGTERM), then killed if it is still busy.
+    """
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen([sys.executable, "-m", "gritkit", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                "--log-level", "warning", *extra], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if process.poll() is not None:
+                raise SystemExit(f"server exited with {process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        else:
+            raise SystemExit("server did not become healthy")
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

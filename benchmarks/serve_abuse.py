@@ -37,7 +37,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import launched_server, report  # noqa: E402
 
 STATUSES: list[int] = []  # every status the server answered in this run
 SERVER_ERRORS: list[str] = []
@@ -49,31 +49,6 @@ def record(response: httpx.Response) -> httpx.Response:
         SERVER_ERRORS.append(f"{response.request.method} {response.request.url.path}: {response.status_code} "
                              f"{response.text[:200]}")
     return response
-
-
-@contextlib.contextmanager
-def launched_server(*extra: str):
-    """`python -m gritkit serve` on a free loopback port; yields (process, base URL)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.Popen([sys.executable, "-m", "gritkit", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                "--log-level", "warning", *extra], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if process.poll() is not None:
-                raise SystemExit(f"server exited with {process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
 
 
 def metric(http: httpx.Client, name: str) -> float:

@@ -23,8 +23,6 @@ import json
 import os
 import platform
 import random
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,42 +30,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import launched_server  # noqa: E402
+
 TOPICS = ["the weather", "a football match", "protein folding", "the stock market", "medieval castles",
           "quantum computing", "a recipe for bread", "the history of Rome", "electric cars", "jazz music"]
 
 
 def sentence(rng: random.Random) -> str:
     return f"A short note number {rng.randrange(10**6)} about {rng.choice(TOPICS)} and {rng.choice(TOPICS)}."
-
-
-@contextlib.contextmanager
-def launched_server(model: str, *extra: str):
-    """`python -m gritkit serve` on a free loopback port; yields its base URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.Popen([sys.executable, "-m", "gritkit", "serve", "--model", model, "--port", str(port),
-                                "--log-level", "warning", *extra], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if process.poll() is not None:
-                raise SystemExit(f"server exited with {process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            raise SystemExit("server did not become healthy")
-        yield url
-    finally:
-        process.terminate()  # graceful; a server still busy with cut-off requests is killed
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def load(url: str, api_key: str | None, *, clients: int, seconds: float, chat_fraction: float,
@@ -189,7 +160,7 @@ async def main() -> None:
                                 "load_average_before": os.getloadavg()}}
     run = dict(clients=args.clients, max_tokens=args.max_tokens, grace=args.grace)
     with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(launched_server(args.model))
+        url = args.url or stack.enter_context(launched_server("--model", args.model))[1]
         print(f"mixed load: {args.clients} clients for {args.seconds:.0f} s against {url}", flush=True)
         report["mixed"] = summary(await load(url, args.api_key, seconds=args.seconds,
                                              chat_fraction=args.chat_fraction, **run))
@@ -199,7 +170,7 @@ async def main() -> None:
     unbatched = args.unbatched_url
     if unbatched or not args.url:
         with contextlib.ExitStack() as stack:
-            unbatched = unbatched or stack.enter_context(launched_server(args.model, "--max-batch-size", "1"))
+            unbatched = unbatched or stack.enter_context(launched_server("--model", args.model, "--max-batch-size", "1"))[1]
             print("embeddings only, one text per forward (--max-batch-size 1)", flush=True)
             report["embeddings_one_by_one"] = summary(await load(unbatched, args.api_key, seconds=args.ratio_seconds,
                                                                  chat_fraction=0, seed=1, drain=False, **run))
