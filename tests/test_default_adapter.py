@@ -33,7 +33,7 @@ def test_the_shipped_adapter_is_small_and_says_how_it_was_made():
     assert {"adapter_config.json", "adapter_model.safetensors", "training_config.yaml", "eval.json", "README.md"} <= set(files)
     assert sum(path.stat().st_size for path in files.values()) < 15e6  # an adapter, never base weights
     config = yaml.safe_load(files["training_config.yaml"].read_text())
-    assert config["model"] == "smollm2-base" and config["mode"] == "unified"
+    assert config["mode"] == "unified"  # trained from smollm2-base, or continued from a run that was
     assert json.loads(files["adapter_config.json"].read_text())["base_model_name_or_path"] == "smollm2-base"
     assert {"stsb", "mmlu"} <= {row["task"] for row in json.loads(files["eval.json"].read_text())}
 
