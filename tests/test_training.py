@@ -293,7 +293,8 @@ def test_output_dir_loads_with_config_metrics_and_adapter(uninterrupted):
     assert json.loads((output_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == config.model
     logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [1, 2, 3, 4] and logged[-1]["loss"] == history[-1]["loss"]
-    assert {"loss_embedding", "loss_generative", "examples_per_s", "lr"} <= logged[0].keys()
+    assert {"loss_embedding", "loss_generative", "examples_per_s", "tokens_per_s", "lr"} <= logged[0].keys()
+    assert logged[0]["tokens_per_s"] > logged[0]["examples_per_s"] > 0  # every example has several tokens
     trained, base = GritLM.from_pretrained(output_dir, merge_adapter=False), GritLM.from_pretrained(config.model)
     assert type(trained.model).__name__.startswith("Peft")
     texts = ["question 1 about cats", "car part number 2"]

@@ -125,6 +125,7 @@ class TrainingStep:
                  rag_data: list[RagExample] | None = None):
         self.config, self.grit, self.model, self.accelerator = config, grit, model, accelerator
         self.backwards = StepBackward(accelerator, model)  # every backward below goes through it
+        self.tokens = 0  # non-padding tokens this process ran in the current step (throughput)
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.embedding_data, self.generative_data, self.rag_data = embedding_data, generative_data, rag_data
         self.embedding_plan = self.generative_plan = self.rag_plan = None
@@ -140,7 +141,9 @@ class TrainingStep:
             self.rag_plan = BatchPlan({"all": len(rag_data)}, config.rag_batch_size * self.world_size, config.seed + 2)
 
     def __call__(self, step: int) -> dict[str, float]:
+        """Backpropagate step ``step``'s loss; returns its metrics (``tokens``: this process's non-padding tokens)."""
         metrics: dict[str, float] = {}
+        self.tokens = 0
         loss = torch.zeros((), device=self.accelerator.device)
         if self.embedding_plan is not None:
             # gradients are exchanged (and a DeepSpeed engine steps) once per step: on its last backward
@@ -160,6 +163,7 @@ class TrainingStep:
             metrics["loss_generative"] = generative_loss.item()
             loss = loss + self.config.generative_loss_weight * generative_loss
         metrics["loss"] = loss.item()
+        metrics["tokens"] = self.tokens
         return metrics
 
     def embedding_backward(self, step: int, final: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,6 +180,7 @@ class TrainingStep:
                                                        max_length=config.query_max_length)
         passage_batch = self.grit.tokenize_for_embedding([t for _, t in passages], [i for i, _ in passages],
                                                          max_length=config.passage_max_length)
+        self.tokens += int(query_batch.attention_mask.sum() + passage_batch.attention_mask.sum())
         gather = config.gather_negatives and self.world_size > 1
         found: dict[str, torch.Tensor] = {}
 
@@ -207,6 +212,7 @@ class TrainingStep:
             rng = np.random.default_rng([config.seed, step, index, 2])
             inputs = rag_stream.draw(self.grit, self.rag_data, index, config.rag_cache_modes, config.rag_max_passages,
                                      config.rag_passage_max_length, rng)
+            self.tokens += len(inputs.prompt_ids) + len(inputs.answer_ids)
             teacher = rag_stream.uncached_answer_logits(self.grit, inputs) if "distill" in config.rag_target else None
             with self.backwards.micro_batch(final and position == len(local) - 1) as backward:
                 logits = self.model(rag_inputs=inputs)
@@ -222,6 +228,7 @@ class TrainingStep:
         _, indices = self.generative_plan.batch(step)
         rows = [tokenize_generative(self.grit, self.generative_data[i], config.generative_max_length)
                 for i in local_slice(indices, self.rank, self.world_size)]
+        self.tokens += sum(len(ids) for ids, _ in rows)
         local_tokens = sum(label != IGNORE_INDEX for _, labels in rows for label in labels[1:])
         num_tokens = torch.tensor(float(local_tokens), device=self.accelerator.device)
         if config.loss_gen_type == "token":  # every token of the global step weighs the same
@@ -415,12 +422,13 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
-        metrics = {"step": step + 1, **metrics, "lr": lr,
-                   "examples_per_s": round(examples_per_step / seconds, 2), "step_s": round(seconds, 3)}
+        tokens = accelerator.reduce(torch.tensor(float(metrics.pop("tokens")), device=accelerator.device), "sum")
+        metrics = {"step": step + 1, **metrics, "lr": lr, "examples_per_s": round(examples_per_step / seconds, 2),
+                   "tokens_per_s": round(tokens.item() / seconds, 1), "step_s": round(seconds, 3)}
         history.append(metrics)
         bar.update(1)
         bar.set_postfix({k.removeprefix("loss_"): f"{metrics[k]:.4f}" for k in metrics if k.startswith("loss")}
-                        | {"ex/s": metrics["examples_per_s"]})
+                        | {"ex/s": metrics["examples_per_s"], "tok/s": metrics["tokens_per_s"]})
         if accelerator.is_main_process and (step + 1) % config.log_every == 0:
             _write_metrics(output_dir, [metrics], append=True)
             if tensorboard:
