@@ -108,6 +108,43 @@ def _check_documents(documents: Sequence[dict]) -> list[tuple[str, str, dict]]:
     return checked
 
 
+@dataclass
+class EmbeddedChunks:
+    """A batch of documents chunked and embedded, ready to be written (``Index.add_embedded``).
+
+    ``chunks`` holds ``(doc_id, position, text, tokens)``; ``vectors`` one row per chunk; ``segments``
+    ``(chunk row, attention kind, key/value segment)`` for the chunks whose caches are kept.
+    """
+
+    documents: list[tuple[str, dict]]
+    chunks: list[tuple[str, int, str, int]]
+    vectors: np.ndarray
+    segments: list[tuple[int, str, Segment]] = field(default_factory=list)
+
+
+def embed_chunks(model: GritLM, documents: Sequence[tuple[str, str, dict]], *, chunk_size: int = 256,
+                 chunk_overlap: int = 32, chunk_unit: ChunkUnit = "tokens", cache_kv: bool = False) -> EmbeddedChunks:
+    """Chunk and embed ``(doc_id, text, metadata)`` documents: the computing half of ``Index.add``,
+    also run by the workers of ``gritkit.rag.build``."""
+    pieces = [(doc_id, position, piece) for doc_id, text, _ in documents
+              for position, piece in enumerate(chunk_text(text, model.tokenizer, chunk_size, chunk_overlap, chunk_unit))]
+    texts = [piece for _, _, piece in pieces]
+    segments: list[tuple[int, str, Segment]] = []
+    if cache_kv:  # one text per pass, so no padding enters a cache
+        vectors = []
+        for row, text in enumerate(texts):
+            vector, cache, token_ids = model.embed_with_cache(text)
+            vectors.append(vector)
+            segments.append((row, model.attention, Segment.from_cache(cache, len(token_ids))))
+        vectors = np.stack(vectors)
+    else:
+        vectors = model.encode(texts)
+    token_counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    chunks = [(doc_id, position, text, tokens) for (doc_id, position, text), tokens in zip(pieces, token_counts)]
+    return EmbeddedChunks([(doc_id, metadata) for doc_id, _, metadata in documents], chunks,
+                          np.asarray(vectors, dtype=np.float32).reshape(len(chunks), -1), segments)
+
+
 class Index:
     """Documents chunked, embedded with a GritLM and searched by cosine similarity; persistent on disk.
 
@@ -236,35 +273,32 @@ class Index:
         return written
 
     def _add_batch(self, batch, chunk_size, chunk_overlap, chunk_unit, cache_kv) -> int:
-        model = self._require_model()
-        chunks = [(doc_id, position, piece) for doc_id, text, _ in batch
-                  for position, piece in enumerate(chunk_text(text, model.tokenizer, chunk_size, chunk_overlap, chunk_unit))]
-        texts = [piece for _, _, piece in chunks]
-        segments: list[Segment] = []
-        if cache_kv:  # one text per pass, so no padding enters a cache
-            vectors = []
-            for text in texts:
-                vector, cache, token_ids = model.embed_with_cache(text)
-                vectors.append(vector)
-                segments.append(Segment.from_cache(cache, len(token_ids)))
-            vectors = np.stack(vectors)
-        else:
-            vectors = model.encode(texts)
-        token_counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        embedded = embed_chunks(self._require_model(), batch, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                                chunk_unit=chunk_unit, cache_kv=cache_kv)
+        return self.add_embedded(embedded, save_vectors=False)
+
+    def add_embedded(self, embedded: EmbeddedChunks, *, save_vectors: bool = True) -> int:
+        """Write documents chunked and embedded elsewhere (``embed_chunks``, e.g. on Ray workers) in one
+        transaction, replacing any with the same ids; returns the number of chunks written."""
+        if self.dim is not None and len(embedded.chunks) and embedded.vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors have {embedded.vectors.shape[1]} dimensions, the index {self.dim}")
         with self._transaction():
-            old_ids = self._delete_chunks([doc_id for doc_id, _, _ in batch])
+            old_ids = self._delete_chunks([doc_id for doc_id, _ in embedded.documents])
             self.db.executemany("INSERT OR REPLACE INTO documents (id, metadata) VALUES (?, ?)",
-                                [(doc_id, json.dumps(metadata)) for doc_id, _, metadata in batch])
+                                [(doc_id, json.dumps(metadata)) for doc_id, metadata in embedded.documents])
             new_ids = []
-            for (doc_id, position, text), tokens, vector in zip(chunks, token_counts, vectors):
+            for (doc_id, position, text, tokens), vector in zip(embedded.chunks, embedded.vectors):
                 cursor = self.db.execute(
                     "INSERT INTO chunks (doc_id, position, text, tokens, vector) VALUES (?, ?, ?, ?, ?)",
                     (doc_id, position, text, tokens, np.asarray(vector, dtype=np.float32).tobytes()))
                 new_ids.append(cursor.lastrowid)
         self._forget_chunks(old_ids)
-        self.vectors.add_with_ids(np.asarray(vectors, dtype=np.float32), np.array(new_ids, dtype=np.int64))
-        for chunk_id, segment in zip(new_ids, segments):
-            self.kv.put(self._kv_key(chunk_id, model.attention), segment)
+        if new_ids:
+            self.vectors.add_with_ids(embedded.vectors, np.array(new_ids, dtype=np.int64))
+        for row, kind, segment in embedded.segments:
+            self.kv.put(self._kv_key(new_ids[row], kind), segment)
+        if save_vectors:
+            self._save_vectors()
         return len(new_ids)
 
     @contextlib.contextmanager
