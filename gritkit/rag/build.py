@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gritkit.rag.index import ChunkUnit, EmbeddedChunks, Index, _check_chunking, embed_chunks
+from gritkit.rag.index import (ChunkUnit, EmbeddedChunks, Index, SearchKind, _check_chunking, embed_chunks,
+                               new_vector_index)
 from gritkit.rag.kv import Segment
 
 BUILD_DIR = ".build"
@@ -198,6 +199,7 @@ def build_index(
     chunk_unit: ChunkUnit = "tokens",
     shard_size: int = 100,
     kv_budget_bytes: int | None = None,
+    search: SearchKind | None = None,
 ) -> BuildReport:
     """Embed JSONL/Parquet corpora on Ray Data with ``workers`` GritLM actors and merge them into the
     index at ``index_dir`` (created if missing; documents with the same id are replaced).
@@ -206,6 +208,7 @@ def build_index(
     ``"ray://host:10001"`` joins a cluster. Each actor reserves ``cpus_per_worker`` CPUs and
     ``gpus_per_worker`` GPUs and loads the model once. Rows without an id or text, with empty text
     or that are not UTF-8/JSON are reported in ``BuildReport.bad_rows`` as ``path:line: reason``.
+    ``search`` sets the index's search kind (``Index.open``).
     """
     import ray
 
@@ -214,6 +217,8 @@ def build_index(
     _check_chunking(chunk_size, chunk_overlap, chunk_unit)
     if workers < 1 or shard_size < 1:
         raise ValueError("workers and shard_size must be >= 1")
+    if search is not None:
+        new_vector_index(search, 1)  # a bad kind fails before any work
     files = [str(Path(p).resolve()) if "://" not in str(p) else str(p) for p in paths]
     for file in files:
         if "://" not in file and not Path(file).exists():
@@ -273,7 +278,8 @@ def build_index(
     pending = [shard_id for _, _, shard_id in sorted(order) if not (merged_dir / shard_id).exists()]
     files_left = [shard_id for shard_id in pending if (shard_dir / f"{shard_id}.safetensors").exists()]
     if pending:
-        with Index.open(index_dir, GritLM.from_pretrained(model), kv_budget_bytes=kv_budget_bytes) as index:
+        with Index.open(index_dir, GritLM.from_pretrained(model), kv_budget_bytes=kv_budget_bytes,
+                        search=search) as index:
             for shard_id in pending:
                 shard_file = shard_dir / f"{shard_id}.safetensors"
                 if shard_file.exists():  # absent: a shard of bad rows only

@@ -127,6 +127,7 @@ def build(
     shard_size: Annotated[int, typer.Option(help="Documents per shard (the unit of work and of resuming)")] = 100,
     cache_kv: Annotated[bool, typer.Option("--cache-kv", help="Keep each chunk's key/value cache for RAG")] = False,
     kv_budget: Annotated[str, typer.Option(help="Size budget of the KV store (LRU), e.g. 4GB or none")] = "none",
+    search: Annotated[Optional[str], typer.Option(help="'exact' or 'hnsw' (approximate); default: the index's")] = None,
 ) -> None:
     """Embed a corpus on Ray Data (a pool of GritLM actors) into an index; resumable, bad rows reported."""
     try:
@@ -137,7 +138,7 @@ def build(
         report = build_index(paths, index, model=model, ray_address=ray_address, workers=workers,
                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, cache_kv=cache_kv,
                              chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
-                             shard_size=shard_size, kv_budget_bytes=parse_size(kv_budget))
+                             shard_size=shard_size, kv_budget_bytes=parse_size(kv_budget), search=search)
     except ValueError as error:
         raise _fail(str(error)) from error
     for line in report.bad_rows:

@@ -3,7 +3,8 @@
 Layout of an index directory::
 
     index.sqlite      documents, chunks (text + float32 vector) and settings: the source of truth
-    vectors.faiss     faiss IndexIDMap(IndexFlatIP) over chunk ids: exact inner-product search
+    vectors.faiss     faiss index over chunk ids: IndexFlatIP (exact inner product, the default) or,
+                      with ``search="hnsw"``, an HNSW graph (approximate, for large indexes)
     kv/               KVStore of per-chunk key/value segments (optional, ``cache_kv=True``)
 
 Every batch of documents is committed in one SQLite transaction (WAL, synchronous=FULL), so a
@@ -35,6 +36,9 @@ from gritkit.rag.kv import Segment
 from gritkit.rag.kvstore import KVStore
 
 ChunkUnit = Literal["tokens", "chars"]
+SearchKind = Literal["exact", "hnsw"]
+# HNSW graph degree and beam widths: recall@10 and latency at these are in docs/rag.md
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 64
 QUERY_INSTRUCTION = RAG_QUERY_INSTRUCTION
 DEFAULT_KV_BUDGET = 4 * 1024**3
 
@@ -145,6 +149,17 @@ def embed_chunks(model: GritLM, documents: Sequence[tuple[str, str, dict]], *, c
                           np.asarray(vectors, dtype=np.float32).reshape(len(chunks), -1), segments)
 
 
+def new_vector_index(kind: SearchKind, dim: int) -> faiss.IndexIDMap:
+    """An empty faiss index over chunk ids: exact inner product, or an HNSW graph on inner product."""
+    if kind == "exact":
+        return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    if kind != "hnsw":
+        raise ValueError(f"search must be 'exact' or 'hnsw', not {kind!r}")
+    graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efConstruction, graph.hnsw.efSearch = HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH
+    return faiss.IndexIDMap2(graph)
+
+
 class Index:
     """Documents chunked, embedded with a GritLM and searched by cosine similarity; persistent on disk.
 
@@ -159,19 +174,26 @@ class Index:
                  query_instruction: str):
         self.path, self.model, self.db, self.kv = path, model, db, kv
         self.query_instruction = query_instruction
+        self._vectors_stale = False  # an HNSW graph cannot drop entries: rebuilt after removals
         self.vectors: faiss.IndexIDMap = self._load_vectors()
 
     @classmethod
     def open(cls, path: str | os.PathLike, model: GritLM | None = None, *,
-             query_instruction: str = QUERY_INSTRUCTION, kv_budget_bytes: int | None = DEFAULT_KV_BUDGET) -> Index:
+             query_instruction: str = QUERY_INSTRUCTION, kv_budget_bytes: int | None = DEFAULT_KV_BUDGET,
+             search: SearchKind | None = None) -> Index:
         """Open the index at ``path``, creating it if missing. Without a model only delete, stats and
-        search by vector work."""
+        search by vector work. ``search`` ("exact" or "hnsw") is stored with the index; changing it
+        rebuilds the vector index from the stored vectors."""
+        if search is not None:
+            new_vector_index(search, 1)  # a bad kind fails before anything is written
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path / "index.sqlite", isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        if search is not None:
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('search', ?)", (search,))
         settings = dict(db.execute("SELECT key, value FROM settings"))
         if model is not None:
             if "dim" not in settings:
@@ -195,6 +217,11 @@ class Index:
         return int(row[0]) if row else None
 
     @property
+    def search_kind(self) -> SearchKind:
+        row = self.db.execute("SELECT value FROM settings WHERE key = 'search'").fetchone()
+        return row[0] if row else "exact"
+
+    @property
     def model_name(self) -> str | None:
         row = self.db.execute("SELECT value FROM settings WHERE key = 'model'").fetchone()
         return row[0] if row else None
@@ -213,14 +240,17 @@ class Index:
             try:
                 vectors = faiss.read_index(str(self._faiss_path()))
                 stored = np.sort(faiss.vector_to_array(vectors.id_map))
-                if np.array_equal(stored, expected) and (self.dim is None or vectors.d == self.dim):
+                is_hnsw = isinstance(faiss.downcast_index(vectors.index), faiss.IndexHNSWFlat)
+                if (np.array_equal(stored, expected) and (self.dim is None or vectors.d == self.dim)
+                        and is_hnsw == (self.search_kind == "hnsw")):
                     return vectors
             except RuntimeError:  # unreadable file: rebuilt below
                 pass
         return self._rebuild_vectors()
 
     def _rebuild_vectors(self) -> faiss.IndexIDMap:
-        vectors = faiss.IndexIDMap(faiss.IndexFlatIP(self.dim or 1))
+        vectors = new_vector_index(self.search_kind, self.dim or 1)
+        self._vectors_stale = False
         rows = self.db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
         if rows:
             ids = np.array([row[0] for row in rows], dtype=np.int64)
@@ -293,7 +323,9 @@ class Index:
                     (doc_id, position, text, tokens, np.asarray(vector, dtype=np.float32).tobytes()))
                 new_ids.append(cursor.lastrowid)
         self._forget_chunks(old_ids)
-        if new_ids:
+        if self._vectors_stale:
+            self._rebuild_vectors()  # from SQLite, which holds the new chunks already
+        elif new_ids:
             self.vectors.add_with_ids(embedded.vectors, np.array(new_ids, dtype=np.int64))
         for row, kind, segment in embedded.segments:
             self.kv.put(self._kv_key(new_ids[row], kind), segment)
@@ -321,7 +353,9 @@ class Index:
 
     def _forget_chunks(self, chunk_ids: list[int]) -> None:
         """Drop committed-away chunks from the vector index and the KV store."""
-        if chunk_ids:
+        if chunk_ids and self.search_kind == "hnsw":
+            self._vectors_stale = True
+        elif chunk_ids:
             self.vectors.remove_ids(np.array(chunk_ids, dtype=np.int64))
             self.kv.delete([self._kv_key(i, a) for i in chunk_ids for a in ("bidirectional", "causal")])
 
@@ -335,7 +369,10 @@ class Index:
             marks = ",".join("?" * len(doc_ids))
             removed = self.db.execute(f"DELETE FROM documents WHERE id IN ({marks})", doc_ids).rowcount
         self._forget_chunks(old_ids)
-        self._save_vectors()
+        if self._vectors_stale:
+            self._rebuild_vectors()
+        else:
+            self._save_vectors()
         return removed
 
     # ------------------------------------------------------------ reading
@@ -376,7 +413,8 @@ class Index:
         kv = self.kv.stats()
         return {"path": str(self.path), "model": self.model_name, "dim": self.dim, "documents": documents,
                 "chunks": chunks, "tokens": tokens, "vectors": self.vectors.ntotal,
-                "search": "exact (faiss IndexFlatIP)",
+                "search": "exact (faiss IndexFlatIP)" if self.search_kind == "exact" else
+                          f"hnsw (faiss IndexHNSWFlat, M={HNSW_M}, efSearch={HNSW_EF_SEARCH})",
                 "kv_entries": kv["entries"], "kv_bytes": kv["bytes"], "kv_bytes_per_token": kv["bytes_per_token"],
                 "kv_budget_bytes": kv["budget_bytes"]}
 
