@@ -234,3 +234,36 @@ def test_search_by_vector_without_a_model(default_model, tmp_path):
         index.search("text needs a model")
     with pytest.raises(ValueError, match="dimensions"):
         index.search(np.ones(3, dtype=np.float32))
+
+
+def test_hnsw_search_option_is_stored_rebuilt_after_removals_and_matches_exact_on_a_small_index(tiny_model, tmp_path):
+    import faiss
+
+    model = tiny_model("llama")
+    docs = [{"id": f"d{i}", "text": f"document {i} about {['cats', 'lava', 'stocks', 'rivers'][i % 4]} {i * 7}"}
+            for i in range(40)]
+    queries = [model.encode(f"{topic} {n}") for topic in ("cats", "lava", "rivers") for n in (3, 11)]
+    exact, hnsw = Index.open(tmp_path / "exact", model), Index.open(tmp_path / "hnsw", model, search="hnsw")
+
+    def same_results():
+        assert hnsw.vectors.ntotal == exact.vectors.ntotal
+        for query in queries:  # a graph this small is searched exhaustively: the same top 5
+            assert [p.id for p in hnsw.search(query, k=5)] == [p.id for p in exact.search(query, k=5)]
+
+    for index in (exact, hnsw):
+        index.add(docs)
+    assert isinstance(faiss.downcast_index(hnsw.vectors.index), faiss.IndexHNSWFlat)
+    assert hnsw.stats()["search"].startswith("hnsw") and exact.stats()["search"].startswith("exact")
+    same_results()
+    for index in (exact, hnsw):  # HNSW cannot drop entries: replacing and deleting rebuild the graph
+        index.add([{"id": "d3", "text": "cats 3 replaced"}])
+        index.delete(["d4", "d5"])
+    same_results()
+    hnsw.close()
+    reopened = Index.open(tmp_path / "hnsw", model)
+    assert reopened.search_kind == "hnsw" and isinstance(faiss.downcast_index(reopened.vectors.index), faiss.IndexHNSWFlat)
+    reopened.close()
+    switched = Index.open(tmp_path / "hnsw", model, search="exact")  # rebuilt from the stored vectors
+    assert isinstance(faiss.downcast_index(switched.vectors.index), faiss.IndexFlatIP) and switched.vectors.ntotal == 38
+    with pytest.raises(ValueError, match="search"):
+        Index.open(tmp_path / "other", model, search="ivf")

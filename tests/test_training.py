@@ -220,6 +220,51 @@ def test_gradcache_without_dropout_equals_one_forward_over_the_batch(tiny_model)
 
 # ---------------------------------------------------------------- training runs (tiny model)
 
+def test_each_step_syncs_gradients_on_its_last_backward_only(tiny_dir, data, tmp_path, monkeypatch):
+    """What a DeepSpeed engine sees: accelerate's backward calls ``engine.step()`` whenever
+    ``sync_gradients`` is true, so exactly one backward per optimizer step may run with it."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    events: list = []
+    real_backward, real_step = Accelerator.backward, AcceleratedOptimizer.step
+
+    def recording_backward(accelerator, loss, **kwargs):
+        events.append(accelerator.sync_gradients)
+        real_backward(accelerator, loss, **kwargs)
+
+    def recording_step(optimizer, *args, **kwargs):
+        events.append("optimizer.step")
+        return real_step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "backward", recording_backward)
+    monkeypatch.setattr(AcceleratedOptimizer, "step", recording_step)
+    # GradCache chunks, then one backward per generative row: many backwards per step
+    train(tiny_config(tiny_dir, data, tmp_path / "run", max_steps=2, checkpoint_every=0, gradcache_chunk_size=2,
+                      generative_chunk_size=1))
+    steps, backwards = [], []  # per optimizer step: sync_gradients at each of its backwards
+    for event in events:
+        if event == "optimizer.step":
+            steps, backwards = [*steps, backwards], []
+        else:
+            backwards.append(event)
+    assert len(steps) == 2 and not backwards
+    for backwards in steps:
+        assert len(backwards) >= 4 and backwards[-1] is True and backwards.count(True) == 1, backwards
+
+
+def test_merge_lora_saves_the_adapter_merged_into_full_weights(tiny_dir, data, tmp_path):
+    adapter = tiny_config(tiny_dir, data, tmp_path / "adapter", max_steps=1, checkpoint_every=0)
+    train(adapter)
+    train(adapter.replace(output_dir=str(tmp_path / "merged"), merge_lora=True))
+    assert (tmp_path / "merged" / "model.safetensors").is_file() and not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged, from_adapter = GritLM.from_pretrained(tmp_path / "merged"), GritLM.from_pretrained(tmp_path / "adapter")
+    assert not any("lora" in name for name in merged.model.state_dict())
+    texts = ["question 1 about cats", "car part number 2"]
+    np.testing.assert_allclose(merged.encode(texts), from_adapter.encode(texts), atol=1e-5)
+    assert not np.allclose(merged.encode(texts), GritLM.from_pretrained(adapter.model).encode(texts), atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_dir, data, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("runs") / "full"
@@ -248,7 +293,8 @@ def test_output_dir_loads_with_config_metrics_and_adapter(uninterrupted):
     assert json.loads((output_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == config.model
     logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [1, 2, 3, 4] and logged[-1]["loss"] == history[-1]["loss"]
-    assert {"loss_embedding", "loss_generative", "examples_per_s", "lr"} <= logged[0].keys()
+    assert {"loss_embedding", "loss_generative", "examples_per_s", "tokens_per_s", "lr"} <= logged[0].keys()
+    assert logged[0]["tokens_per_s"] > logged[0]["examples_per_s"] > 0  # every example has several tokens
     trained, base = GritLM.from_pretrained(output_dir, merge_adapter=False), GritLM.from_pretrained(config.model)
     assert type(trained.model).__name__.startswith("Peft")
     texts = ["question 1 about cats", "car part number 2"]

@@ -114,6 +114,42 @@ def add(
         typer.echo(f"added {len(documents)} documents ({chunks} chunks); index has {len(opened)} documents", err=True)
 
 
+@index_app.command("build")
+def build(
+    paths: Annotated[list[str], typer.Argument(help="JSONL or Parquet files ({'id' or '_id', 'text', ...}): paths or fsspec URLs")],
+    index: IndexOption,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model spec each worker loads")] = "default",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster ('auto', 'ray://host:10001'); default: local")] = None,
+    workers: Annotated[int, typer.Option(help="GritLM actors (each loads the model once)")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs each actor reserves (0: CPU)")] = 0,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs each actor reserves")] = 1,
+    chunk_size: Annotated[int, typer.Option(help="Chunk length")] = 256,
+    chunk_overlap: Annotated[int, typer.Option(help="Overlap between consecutive chunks")] = 32,
+    chunk_unit: Annotated[str, typer.Option(help="'tokens' or 'chars'")] = "tokens",
+    shard_size: Annotated[int, typer.Option(help="Documents per shard (the unit of work and of resuming)")] = 100,
+    cache_kv: Annotated[bool, typer.Option("--cache-kv", help="Keep each chunk's key/value cache for RAG")] = False,
+    kv_budget: Annotated[str, typer.Option(help="Size budget of the KV store (LRU), e.g. 4GB or none")] = "none",
+    search: Annotated[Optional[str], typer.Option(help="'exact' or 'hnsw' (approximate); default: the index's")] = None,
+) -> None:
+    """Embed a corpus on Ray Data (a pool of GritLM actors) into an index; resumable, bad rows reported."""
+    try:
+        from gritkit.rag.build import build_index
+    except ImportError as error:
+        raise _fail(f"gritkit index build needs Ray: pip install 'gritkit[ray]' ({error})") from error
+    try:
+        report = build_index(paths, index, model=model, ray_address=ray_address, workers=workers,
+                             gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, cache_kv=cache_kv,
+                             chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
+                             shard_size=shard_size, kv_budget_bytes=parse_size(kv_budget), search=search)
+    except ValueError as error:
+        raise _fail(str(error)) from error
+    for line in report.bad_rows:
+        typer.secho(f"skipped {line}", fg="yellow", err=True)
+    timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.seconds.items())
+    typer.echo(f"embedded {report.shards_embedded} of {report.shards} shards, merged {report.documents} documents "
+               f"({report.chunks} chunks), skipped {len(report.bad_rows)} bad rows; {timings}", err=True)
+
+
 @index_app.command("search")
 def search(
     query: str,

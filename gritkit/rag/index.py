@@ -3,7 +3,8 @@
 Layout of an index directory::
 
     index.sqlite      documents, chunks (text + float32 vector) and settings: the source of truth
-    vectors.faiss     faiss IndexIDMap(IndexFlatIP) over chunk ids: exact inner-product search
+    vectors.faiss     faiss index over chunk ids: IndexFlatIP (exact inner product, the default) or,
+                      with ``search="hnsw"``, an HNSW graph (approximate, for large indexes)
     kv/               KVStore of per-chunk key/value segments (optional, ``cache_kv=...``)
 
 Two kinds of key/value states can be kept per chunk (``settings.kv_kinds`` records which):
@@ -47,6 +48,9 @@ from gritkit.rag.kvstore import KVStore
 ChunkUnit = Literal["tokens", "chars"]
 KVKind = Literal["bidirectional", "causal"]
 KV_KINDS: tuple[str, ...] = ("bidirectional", "causal")
+SearchKind = Literal["exact", "hnsw"]
+# HNSW graph degree and beam widths: recall@10 and latency at these are in docs/rag.md
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 64
 QUERY_INSTRUCTION = RAG_QUERY_INSTRUCTION
 DEFAULT_KV_BUDGET = 4 * 1024**3
 
@@ -172,6 +176,60 @@ def causal_passage_segment(model: GritLM, text: str) -> Segment:
                           chat_token_ids(model.tokenizer, doc_first_piece(text)))
 
 
+@dataclass
+class EmbeddedChunks:
+    """A batch of documents chunked and embedded, ready to be written (``Index.add_embedded``).
+
+    ``chunks`` holds ``(doc_id, position, text, tokens)``; ``vectors`` one row per chunk; ``segments``
+    ``(chunk row, attention kind, key/value segment)`` for the chunks whose caches are kept.
+    """
+
+    documents: list[tuple[str, dict]]
+    chunks: list[tuple[str, int, str, int]]
+    vectors: np.ndarray
+    segments: list[tuple[int, str, Segment]] = field(default_factory=list)
+    kinds: tuple[str, ...] = ()  # the KV kinds asked for (recorded even when computed on demand)
+
+
+def embed_chunks(model: GritLM, documents: Sequence[tuple[str, str, dict]], *, chunk_size: int = 256,
+                 chunk_overlap: int = 32, chunk_unit: ChunkUnit = "tokens",
+                 cache_kv: bool | str | Sequence[str] | None = False, kv_on_demand: bool = False) -> EmbeddedChunks:
+    """Chunk and embed ``(doc_id, text, metadata)`` documents, with the KV kinds ``cache_kv`` asks for
+    (none now with ``kv_on_demand``): the computing half of ``Index.add``, also run by the workers of
+    ``gritkit.rag.build``."""
+    kinds = kv_kinds_of(cache_kv)
+    pieces = [(doc_id, position, piece) for doc_id, text, _ in documents
+              for position, piece in enumerate(chunk_text(text, model.tokenizer, chunk_size, chunk_overlap, chunk_unit))]
+    texts = [piece for _, _, piece in pieces]
+    segments: list[tuple[int, str, Segment]] = []  # (chunk row, kind, segment)
+    if "bidirectional" in kinds and not kv_on_demand:  # one text per pass, so no padding enters a cache
+        vectors = []
+        for row, text in enumerate(texts):
+            vector, cache, token_ids = model.embed_with_cache(text)
+            vectors.append(vector)
+            segments.append((row, "bidirectional", Segment.from_cache(cache, len(token_ids))))
+        vectors = np.stack(vectors) if vectors else np.zeros((0, model.embedding_dim), dtype=np.float32)
+    else:
+        vectors = model.encode(texts)
+    if "causal" in kinds and not kv_on_demand:
+        segments += [(row, "causal", causal_passage_segment(model, text)) for row, text in enumerate(texts)]
+    token_counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    chunks = [(doc_id, position, text, tokens) for (doc_id, position, text), tokens in zip(pieces, token_counts)]
+    return EmbeddedChunks([(doc_id, metadata) for doc_id, _, metadata in documents], chunks,
+                          np.asarray(vectors, dtype=np.float32).reshape(len(chunks), -1), segments, kinds)
+
+
+def new_vector_index(kind: SearchKind, dim: int) -> faiss.IndexIDMap:
+    """An empty faiss index over chunk ids: exact inner product, or an HNSW graph on inner product."""
+    if kind == "exact":
+        return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    if kind != "hnsw":
+        raise ValueError(f"search must be 'exact' or 'hnsw', not {kind!r}")
+    graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efConstruction, graph.hnsw.efSearch = HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH
+    return faiss.IndexIDMap2(graph)
+
+
 class Index:
     """Documents chunked, embedded with a GritLM and searched by cosine similarity; persistent on disk.
 
@@ -186,24 +244,32 @@ class Index:
                  query_instruction: str):
         self.path, self.model, self.db, self.kv = path, model, db, kv
         self.query_instruction = query_instruction
+        self._vectors_stale = False  # an HNSW graph cannot drop entries: rebuilt after removals
         self.vectors: faiss.IndexIDMap = self._load_vectors()
 
     @classmethod
     def open(cls, path: str | os.PathLike, model: GritLM | None = None, *, query_instruction: str = QUERY_INSTRUCTION,
-             kv_budget_bytes: int | None = DEFAULT_KV_BUDGET, rebuild: bool = False) -> Index:
+             kv_budget_bytes: int | None = DEFAULT_KV_BUDGET, rebuild: bool = False,
+             search: SearchKind | None = None) -> Index:
         """Open the index at ``path``, creating it if missing. Without a model only delete, stats and
         search by vector work.
 
         A ``model`` that embeds differently from the one that built the index (another fingerprint,
         attention or pooling) raises :class:`StaleIndexError`; ``rebuild=True`` re-embeds every stored
-        chunk with it instead (one transaction) and drops the cached key/value states.
+        chunk with it instead (one transaction) and drops the cached key/value states. ``search``
+        ("exact" or "hnsw") is stored with the index; changing it rebuilds the vector index from the
+        stored vectors.
         """
+        if search is not None:
+            new_vector_index(search, 1)  # a bad kind fails before anything is written
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path / "index.sqlite", isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        if search is not None:
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('search', ?)", (search,))
         if model is not None and not db.execute("SELECT 1 FROM settings WHERE key = 'dim'").fetchone():
             _record_model(db, model)
         index = cls(path, model, db, KVStore(path / "kv", kv_budget_bytes), query_instruction)
@@ -271,6 +337,11 @@ class Index:
         return row[0] if row else None
 
     @property
+    def search_kind(self) -> SearchKind:
+        row = self.db.execute("SELECT value FROM settings WHERE key = 'search'").fetchone()
+        return row[0] if row else "exact"
+
+    @property
     def model_name(self) -> str | None:
         row = self.db.execute("SELECT value FROM settings WHERE key = 'model'").fetchone()
         return row[0] if row else None
@@ -308,14 +379,17 @@ class Index:
             try:
                 vectors = faiss.read_index(str(self._faiss_path()))
                 stored = np.sort(faiss.vector_to_array(vectors.id_map))
-                if np.array_equal(stored, expected) and (self.dim is None or vectors.d == self.dim):
+                is_hnsw = isinstance(faiss.downcast_index(vectors.index), faiss.IndexHNSWFlat)
+                if (np.array_equal(stored, expected) and (self.dim is None or vectors.d == self.dim)
+                        and is_hnsw == (self.search_kind == "hnsw")):
                     return vectors
             except RuntimeError:  # unreadable file: rebuilt below
                 pass
         return self._rebuild_vectors()
 
     def _rebuild_vectors(self) -> faiss.IndexIDMap:
-        vectors = faiss.IndexIDMap(faiss.IndexFlatIP(self.dim or 1))
+        vectors = new_vector_index(self.search_kind, self.dim or 1)
+        self._vectors_stale = False
         rows = self.db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
         if rows:
             ids = np.array([row[0] for row in rows], dtype=np.int64)
@@ -374,39 +448,37 @@ class Index:
         return written
 
     def _add_batch(self, batch, chunk_size, chunk_overlap, chunk_unit, kinds, kv_on_demand) -> int:
-        model = self._require_model()
-        chunks = [(doc_id, position, piece) for doc_id, text, _ in batch
-                  for position, piece in enumerate(chunk_text(text, model.tokenizer, chunk_size, chunk_overlap, chunk_unit))]
-        texts = [piece for _, _, piece in chunks]
-        segments: list[tuple[int, str, Segment]] = []  # (position in texts, kind, segment)
-        if "bidirectional" in kinds and not kv_on_demand:  # one text per pass, so no padding enters a cache
-            vectors = []
-            for position, text in enumerate(texts):
-                vector, cache, token_ids = model.embed_with_cache(text)
-                vectors.append(vector)
-                segments.append((position, "bidirectional", Segment.from_cache(cache, len(token_ids))))
-            vectors = np.stack(vectors)
-        else:
-            vectors = model.encode(texts)
-        if "causal" in kinds and not kv_on_demand:
-            segments += [(position, "causal", causal_passage_segment(model, text)) for position, text in enumerate(texts)]
-        token_counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        embedded = embed_chunks(self._require_model(), batch, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                                chunk_unit=chunk_unit, cache_kv=kinds, kv_on_demand=kv_on_demand)
+        return self.add_embedded(embedded, save_vectors=False)
+
+    def add_embedded(self, embedded: EmbeddedChunks, *, save_vectors: bool = True) -> int:
+        """Write documents chunked and embedded elsewhere (``embed_chunks``, e.g. on Ray workers) in one
+        transaction, replacing any with the same ids; returns the number of chunks written."""
+        if self.dim is not None and len(embedded.chunks) and embedded.vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors have {embedded.vectors.shape[1]} dimensions, the index {self.dim}")
         with self._transaction():
-            old_ids = self._delete_chunks([doc_id for doc_id, _, _ in batch])
-            if kinds:
-                self._record_kv_kinds(kinds)
+            old_ids = self._delete_chunks([doc_id for doc_id, _ in embedded.documents])
+            if embedded.kinds:
+                self._record_kv_kinds(embedded.kinds)
             self.db.executemany("INSERT OR REPLACE INTO documents (id, metadata) VALUES (?, ?)",
-                                [(doc_id, json.dumps(metadata)) for doc_id, _, metadata in batch])
+                                [(doc_id, json.dumps(metadata)) for doc_id, metadata in embedded.documents])
             new_ids = []
-            for (doc_id, position, text), tokens, vector in zip(chunks, token_counts, vectors):
+            for (doc_id, position, text, tokens), vector in zip(embedded.chunks, embedded.vectors):
                 cursor = self.db.execute(
                     "INSERT INTO chunks (doc_id, position, text, tokens, vector) VALUES (?, ?, ?, ?, ?)",
                     (doc_id, position, text, tokens, np.asarray(vector, dtype=np.float32).tobytes()))
                 new_ids.append(cursor.lastrowid)
         self._forget_chunks(old_ids)
-        self.vectors.add_with_ids(np.asarray(vectors, dtype=np.float32), np.array(new_ids, dtype=np.int64))
-        for position, kind, segment in segments:
-            self.kv.put(self._kv_key(new_ids[position], kind, model.attention), segment)
+        if self._vectors_stale:
+            self._rebuild_vectors()  # from SQLite, which holds the new chunks already
+        elif new_ids:
+            self.vectors.add_with_ids(embedded.vectors, np.array(new_ids, dtype=np.int64))
+        attention = self.model.attention if self.model is not None else "bidirectional"
+        for row, kind, segment in embedded.segments:
+            self.kv.put(self._kv_key(new_ids[row], kind, attention), segment)
+        if save_vectors:
+            self._save_vectors()
         return len(new_ids)
 
     @contextlib.contextmanager
@@ -429,10 +501,14 @@ class Index:
 
     def _forget_chunks(self, chunk_ids: list[int]) -> None:
         """Drop committed-away chunks from the vector index and the KV store."""
-        if chunk_ids:
+        if not chunk_ids:
+            return
+        if self.search_kind == "hnsw":
+            self._vectors_stale = True
+        else:
             self.vectors.remove_ids(np.array(chunk_ids, dtype=np.int64))
-            gone = {str(i) for i in chunk_ids}  # every kind and fingerprint of these chunks
-            self.kv.delete([key for key in self.kv.keys() if key.split("-")[0] in gone])
+        gone = {str(i) for i in chunk_ids}  # every kind and fingerprint of these chunks
+        self.kv.delete([key for key in self.kv.keys() if key.split("-")[0] in gone])
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (and their chunks and caches); returns how many existed."""
@@ -444,7 +520,10 @@ class Index:
             marks = ",".join("?" * len(doc_ids))
             removed = self.db.execute(f"DELETE FROM documents WHERE id IN ({marks})", doc_ids).rowcount
         self._forget_chunks(old_ids)
-        self._save_vectors()
+        if self._vectors_stale:
+            self._rebuild_vectors()
+        else:
+            self._save_vectors()
         return removed
 
     # ------------------------------------------------------------ reading
@@ -486,7 +565,9 @@ class Index:
         return {"path": str(self.path), "model": self.model_name, "dim": self.dim,
                 "fingerprint": self.fingerprint, "documents": documents,
                 "chunks": chunks, "tokens": tokens, "vectors": self.vectors.ntotal,
-                "search": "exact (faiss IndexFlatIP)", "kv_kinds": list(self.kv_kinds),
+                "search": "exact (faiss IndexFlatIP)" if self.search_kind == "exact" else
+                          f"hnsw (faiss IndexHNSWFlat, M={HNSW_M}, efSearch={HNSW_EF_SEARCH})",
+                "kv_kinds": list(self.kv_kinds),
                 "kv_entries": kv["entries"], "kv_bytes": kv["bytes"], "kv_bytes_per_token": kv["bytes_per_token"],
                 "kv_budget_bytes": kv["budget_bytes"]}
 

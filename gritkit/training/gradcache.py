@@ -11,11 +11,12 @@ The parameter gradients equal those of one pass over the whole batch; peak memor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 
 import torch
 
 from gritkit.model import EmbeddingBatch
+from gritkit.training.accumulation import MicroBatch, plain_micro_batch
 
 Embed = Callable[[EmbeddingBatch], torch.Tensor]
 
@@ -52,14 +53,14 @@ def gradcache_backward(
     inputs: Sequence[Sequence[EmbeddingBatch]],
     loss_fn: Callable[..., torch.Tensor],
     *,
-    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-    no_sync: Callable[[], AbstractContextManager] = nullcontext,
+    micro_batch: MicroBatch = plain_micro_batch,
 ) -> torch.Tensor:
     """Accumulate into the parameters' ``.grad`` the gradient of ``loss_fn(*embeddings)``; returns the loss.
 
     ``inputs`` holds, per input kind (e.g. queries, passages), its chunks; ``loss_fn`` receives one
-    concatenated embedding tensor per kind. ``backward`` is e.g. ``accelerator.backward``; every chunk
-    but the last runs under ``no_sync()`` so data-parallel gradients are exchanged once.
+    concatenated embedding tensor per kind. Each chunk's re-embedding and backward run inside
+    ``micro_batch(last)`` (e.g. ``StepBackward.micro_batch``), ``last`` true for the final chunk only,
+    so data-parallel gradients are exchanged, and a DeepSpeed engine steps, once.
     """
     states: list[list[RandContext]] = []
     embeddings: list[torch.Tensor] = []
@@ -77,7 +78,7 @@ def gradcache_backward(
     jobs = [(chunk, state, grad) for chunks, kind_states, leaf in zip(inputs, states, embeddings)
             for chunk, state, grad in zip(chunks, kind_states, leaf.grad.split([len(c.input_ids) for c in chunks]))]
     for index, (chunk, state, grad) in enumerate(jobs):
-        with state, (no_sync() if index < len(jobs) - 1 else nullcontext()):
+        with state, micro_batch(index == len(jobs) - 1) as backward:
             # d(sum(e * g))/d(theta) = g^T de/d(theta): the chain rule with the cached gradient g
             backward((embed(chunk) * grad).sum())
     return loss.detach()

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from gritkit.training import rag_stream
 from gritkit.training.data import (BatchPlan, GenerativeExample, IGNORE_INDEX, RagExample, collate_generative,
                                    local_slice, passage_group, read_embedding_data, read_generative_data, read_rag_data,
                                    tokenize_generative)
+from gritkit.training.accumulation import StepBackward
 from gritkit.training.gradcache import gradcache_backward, split_batch
 from gritkit.training.losses import info_nce_loss, next_token_loss
 
@@ -125,6 +125,8 @@ class TrainingStep:
                  embedding_data: dict | None, generative_data: list[GenerativeExample] | None,
                  rag_data: list[RagExample] | None = None):
         self.config, self.grit, self.model, self.accelerator = config, grit, model, accelerator
+        self.backwards = StepBackward(accelerator, model)  # every backward below goes through it
+        self.tokens = 0  # non-padding tokens this process ran in the current step (throughput)
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.embedding_data, self.generative_data, self.rag_data = embedding_data, generative_data, rag_data
         self.embedding_plan = self.generative_plan = self.rag_plan = None
@@ -140,20 +142,21 @@ class TrainingStep:
             self.rag_plan = BatchPlan({"all": len(rag_data)}, config.rag_batch_size * self.world_size, config.seed + 2)
 
     def __call__(self, step: int) -> dict[str, float]:
+        """Backpropagate step ``step``'s loss; returns its metrics (``tokens``: this process's non-padding tokens)."""
         metrics: dict[str, float] = {}
+        self.tokens = 0
         loss = torch.zeros((), device=self.accelerator.device)
         if self.embedding_plan is not None:
-            # gradients are exchanged once per step: on the last backward
+            # gradients are exchanged (and a DeepSpeed engine steps) once per step: on its last backward
             later_streams = self.generative_plan is not None or self.rag_plan is not None
-            with self.accelerator.no_sync(self.model) if later_streams else nullcontext():
-                embedding_loss, scores = self.embedding_backward(step)
+            embedding_loss, scores = self.embedding_backward(step, final=not later_streams)
             metrics["loss_embedding"] = embedding_loss.item()
             targets = torch.arange(len(scores), device=scores.device) * (scores.shape[1] // len(scores))
             metrics["embedding_accuracy"] = (scores.argmax(1) == targets).float().mean().item()
             metrics["contrastive_passages"] = scores.shape[1]
             loss = loss + self.config.embedding_loss_weight * embedding_loss
         if self.rag_plan is not None:
-            rag_loss = self.accelerator.reduce(self.rag_backward(step, sync_last=self.generative_plan is None), "mean")
+            rag_loss = self.accelerator.reduce(self.rag_backward(step, final=self.generative_plan is None), "mean")
             metrics["loss_rag"] = rag_loss.item()
             loss = loss + self.config.rag_loss_weight * rag_loss
         if self.generative_plan is not None:
@@ -161,9 +164,11 @@ class TrainingStep:
             metrics["loss_generative"] = generative_loss.item()
             loss = loss + self.config.generative_loss_weight * generative_loss
         metrics["loss"] = loss.item()
+        metrics["tokens"] = self.tokens
         return metrics
 
-    def embedding_backward(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def embedding_backward(self, step: int, final: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE over this process's rows (GradCache chunks when configured); ``final``: this stream ends the step."""
         config = self.config
         source, indices = self.embedding_plan.batch(step)
         examples = self.embedding_data[source]
@@ -176,6 +181,7 @@ class TrainingStep:
                                                        max_length=config.query_max_length)
         passage_batch = self.grit.tokenize_for_embedding([t for _, t in passages], [i for i, _ in passages],
                                                          max_length=config.passage_max_length)
+        self.tokens += int(query_batch.attention_mask.sum() + passage_batch.attention_mask.sum())
         gather = config.gather_negatives and self.world_size > 1
         found: dict[str, torch.Tensor] = {}
 
@@ -191,12 +197,13 @@ class TrainingStep:
             chunk = config.gradcache_chunk_size
             gradcache_backward(lambda batch: self.model(embedding_batches=(batch,))[0],
                                [split_batch(query_batch, chunk), split_batch(passage_batch, chunk)], loss_fn,
-                               backward=self.accelerator.backward, no_sync=lambda: self.accelerator.no_sync(self.model))
+                               micro_batch=lambda last: self.backwards.micro_batch(final and last))
         else:
-            self.accelerator.backward(loss_fn(*self.model(embedding_batches=(query_batch, passage_batch))))
+            with self.backwards.micro_batch(final) as backward:
+                backward(loss_fn(*self.model(embedding_batches=(query_batch, passage_batch))))
         return found["loss"], found["scores"].detach()
 
-    def rag_backward(self, step: int, sync_last: bool) -> torch.Tensor:
+    def rag_backward(self, step: int, final: bool = True) -> torch.Tensor:
         """One question at a time (each has its own cache layout); the loss is their mean."""
         config = self.config
         _, indices = self.rag_plan.batch(step)
@@ -206,12 +213,12 @@ class TrainingStep:
             rng = np.random.default_rng([config.seed, step, index, 2])
             inputs = rag_stream.draw(self.grit, self.rag_data, index, config.rag_cache_modes, config.rag_max_passages,
                                      config.rag_passage_max_length, rng)
+            self.tokens += len(inputs.prompt_ids) + len(inputs.answer_ids)
             teacher = rag_stream.uncached_answer_logits(self.grit, inputs) if "distill" in config.rag_target else None
-            last = sync_last and position == len(local) - 1
-            with nullcontext() if last else self.accelerator.no_sync(self.model):
+            with self.backwards.micro_batch(final and position == len(local) - 1) as backward:
                 logits = self.model(rag_inputs=inputs)
                 loss = rag_stream.rag_loss(logits, inputs.answer_ids, config.rag_target, teacher) / len(local)
-                self.accelerator.backward(loss * config.rag_loss_weight)
+                backward(loss * config.rag_loss_weight)
             total += loss.detach()
             del logits, loss, inputs
             gc.collect()  # a DynamicCache holds reference cycles: free each question's graph before the next
@@ -222,6 +229,7 @@ class TrainingStep:
         _, indices = self.generative_plan.batch(step)
         rows = [tokenize_generative(self.grit, self.generative_data[i], config.generative_max_length)
                 for i in local_slice(indices, self.rank, self.world_size)]
+        self.tokens += sum(len(ids) for ids, _ in rows)
         local_tokens = sum(label != IGNORE_INDEX for _, labels in rows for label in labels[1:])
         num_tokens = torch.tensor(float(local_tokens), device=self.accelerator.device)
         if config.loss_gen_type == "token":  # every token of the global step weighs the same
@@ -232,13 +240,12 @@ class TrainingStep:
         starts = range(0, len(rows), chunk)
         for start in starts:
             batch = collate_generative(rows[start:start + chunk], self.grit.tokenizer.pad_token_id)
-            last = start == starts[-1]
-            with nullcontext() if last else self.accelerator.no_sync(self.model):
+            with self.backwards.micro_batch(start == starts[-1]) as backward:
                 logits = self.model(input_ids=batch["input_ids"].to(self.accelerator.device),
                                     attention_mask=batch["attention_mask"].to(self.accelerator.device))
                 loss = next_token_loss(logits, batch["labels"], loss_type=config.loss_gen_type,
                                        num_tokens=num_tokens, num_samples=len(rows))
-                self.accelerator.backward(loss * config.generative_loss_weight)
+                backward(loss * config.generative_loss_weight)
             total += loss.detach()
         return total
 
@@ -293,24 +300,36 @@ def save_output(accelerator, model, grit: GritLM, config: TrainingConfig, base_s
     state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()}
     staging = output_dir / ".tmp-output"
     shutil.rmtree(staging, ignore_errors=True)
-    if isinstance(inner, PeftModel) and config.merge_lora:
-        inner.merge_and_unload().save_pretrained(staging)
-    else:
-        inner.save_pretrained(staging, state_dict=state_dict)
-    grit.tokenizer.save_pretrained(staging)
-    config.to_yaml(staging / CONFIG_FILENAME)
-    markers = ("adapter_config.json", "config.json")
+    inner.save_pretrained(staging, state_dict=state_dict)
     adapter_config = staging / "adapter_config.json"
     if adapter_config.is_file():
         values = json.loads(adapter_config.read_text())
         values["base_model_name_or_path"] = base_spec
         adapter_config.write_text(json.dumps(values, indent=2))
+        if config.merge_lora:
+            _merge_saved_adapter(staging, next(iter(state_dict.values())).dtype)
+    grit.tokenizer.save_pretrained(staging)
+    config.to_yaml(staging / CONFIG_FILENAME)
+    markers = ("adapter_config.json", "config.json")
     for path in sorted(staging.iterdir(), key=lambda p: p.name in markers):
         target = output_dir / path.name
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(path, target)
     staging.rmdir()
+
+
+def _merge_saved_adapter(folder: Path, dtype: torch.dtype) -> None:
+    """Replace the adapter saved in ``folder`` by full weights with it merged in.
+
+    Merged from the saved (gathered) adapter onto a fresh copy of its base: merging the training
+    model in place would merge sharded parameters under FSDP or ZeRO-3.
+    """
+    merged, _ = loading.load(str(folder), dtype=dtype, device="cpu", merge_adapter=True)
+    for path in folder.iterdir():
+        if path.name.startswith("adapter_") or path.name == "README.md":
+            path.unlink()
+    merged.save_pretrained(folder)
 
 
 # ---------------------------------------------------------------- the loop
@@ -404,12 +423,13 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
-        metrics = {"step": step + 1, **metrics, "lr": lr,
-                   "examples_per_s": round(examples_per_step / seconds, 2), "step_s": round(seconds, 3)}
+        tokens = accelerator.reduce(torch.tensor(float(metrics.pop("tokens")), device=accelerator.device), "sum")
+        metrics = {"step": step + 1, **metrics, "lr": lr, "examples_per_s": round(examples_per_step / seconds, 2),
+                   "tokens_per_s": round(tokens.item() / seconds, 1), "step_s": round(seconds, 3)}
         history.append(metrics)
         bar.update(1)
         bar.set_postfix({k.removeprefix("loss_"): f"{metrics[k]:.4f}" for k in metrics if k.startswith("loss")}
-                        | {"ex/s": metrics["examples_per_s"]})
+                        | {"ex/s": metrics["examples_per_s"], "tok/s": metrics["tokens_per_s"]})
         if accelerator.is_main_process and (step + 1) % config.log_every == 0:
             _write_metrics(output_dir, [metrics], append=True)
             if tensorboard:
