@@ -10,7 +10,8 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	# an interrupted set-up can leave a venv without pip: make it again
+	test -x $(PIP) || python3 -m venv --clear $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU build of torch first: pip finds it locally; a range admitting newer pulls CUDA.
 	$(PIP) install -q torch==2.13.0
