@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def test_killed_build_resumes_and_ends_with_each_document_once(corpus, tmp_path)
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     finally:
         kill_processes_using(ray_dir)
+        shutil.rmtree(ray_dir, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"embedded {14 - written} of 14 shards" in result.stderr  # the finished ones were skipped
     index = Index.open(tmp_path / "idx")
