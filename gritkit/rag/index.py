@@ -507,8 +507,10 @@ class Index:
             self._vectors_stale = True
         else:
             self.vectors.remove_ids(np.array(chunk_ids, dtype=np.int64))
-        gone = {str(i) for i in chunk_ids}  # every kind and fingerprint of these chunks
-        self.kv.delete([key for key in self.kv.keys() if key.split("-")[0] in gone])
+        # every kind of state these chunks can hold (other fingerprints never get in: check_model)
+        self.kv.delete([self._kv_key(i, kind, attention) for i in chunk_ids
+                        for kind, attention in (("bidirectional", "bidirectional"), ("bidirectional", "causal"),
+                                                ("causal", "bidirectional"))])
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (and their chunks and caches); returns how many existed."""
