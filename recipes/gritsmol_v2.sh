@@ -31,6 +31,8 @@ evaluate() {  # name model suite tasks limit
 }
 models=("v1 runs/gritsmol-unified" "v2 runs/gritsmol-v2")
 [ -n "${ABLATION:-}" ] && models+=("v2-norag runs/gritsmol-v2-norag")
+# MODELS="name=run_dir ..." evaluates other runs instead (e.g. the GPU arms of recipes/device/README.md)
+if [ -n "${MODELS:-}" ]; then models=(); for m in $MODELS; do models+=("${m%%=*} ${m#*=}"); done; fi
 if [[ $steps == *eval* ]]; then
   evaluate minilm st:minilm sts-full stsb,stsb_noinstruction all
   evaluate minilm st:minilm msmarco-full msmarco all
@@ -49,8 +51,8 @@ fi
 if [[ $steps == *rag* ]]; then
   for entry in "${models[@]}"; do
     set -- $entry
-    [ -f $out/$1-rag.json ] || python benchmarks/rag_quality.py --model "$2" --name "$1" --limit ${RAG_LIMIT:-100} \
-      --threads $threads --output $out/$1-rag.json
+    [ -f $out/$1-rag.json ] || python benchmarks/rag_quality.py --model "$2" --corpora tydiqa --limit ${RAG_LIMIT:-60} \
+      --modes rag_query_first rag_doc_first query doc doc_causal --threads $threads --output $out/$1-rag.json
   done
 fi
 if [[ $steps == *report* ]]; then

@@ -265,6 +265,13 @@ def test_merge_lora_saves_the_adapter_merged_into_full_weights(tiny_dir, data, t
     assert not np.allclose(merged.encode(texts), GritLM.from_pretrained(adapter.model).encode(texts), atol=1e-4)
 
 
+def test_max_minutes_stops_at_the_budget_and_still_saves_a_loadable_run(tiny_dir, data, tmp_path):
+    config = tiny_config(tiny_dir, data, tmp_path / "capped", max_steps=50, max_minutes=1e-9)
+    assert train(config) == []  # the budget is spent before the first step
+    assert (tmp_path / "capped" / "adapter_config.json").is_file()
+    assert GritLM.from_pretrained(tmp_path / "capped").encode(["a"]).shape[0] == 1
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_dir, data, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("runs") / "full"

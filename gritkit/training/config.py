@@ -32,6 +32,7 @@ class TrainingConfig:
     embedding_data: list[str] = field(default_factory=list)   # JSONL files or folders of them; one source per file
     generative_data: list[str] = field(default_factory=list)  # JSONL files or folders of them
     max_steps: int = 100
+    max_minutes: float = 0.0                    # >0: stop after this much training time and save as at max_steps
     output_dir: str = "runs/gritkit"
 
     # --- embedding (contrastive) stream
@@ -117,7 +118,7 @@ class TrainingConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         for name in ("num_negatives", "gradcache_chunk_size", "generative_chunk_size", "checkpoint_every",
-                     "keep_checkpoints", "weight_decay", "max_grad_norm"):
+                     "keep_checkpoints", "weight_decay", "max_grad_norm", "max_minutes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if self.temperature <= 0:

@@ -1,0 +1,28 @@
+# Sourced by the device scripts: paths, and `arms`, which trains the three gritsmol v2 GPU arms at once.
+export STAGE=${STAGE:-/root/gritstage} PYTHON=${PYTHON:-python3}
+export PYTHONPATH=$PWD:$STAGE/site${PYTHONPATH_EXTRA:+:$PYTHONPATH_EXTRA} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=4 PYTHONUNBUFFERED=1
+mkdir -p data && ln -sfn $STAGE/data/gritsmol-v2-gpu-mix data/gritsmol-v2-gpu-mix
+
+ARMS="gold-distill distill norag"
+arm_flags() {  # the flags that make an arm differ from recipes/gritsmol_v2_gpu.yaml
+  case $1 in
+    gold-distill) echo "--rag-target gold+distill" ;;
+    distill) echo "--rag-target distill" ;;
+    norag) echo "--rag-data []" ;;
+  esac
+}
+arms() {  # arms [--output-dir-prefix P] [flags...]: each arm in its own process on the one GPU
+  local prefix=runs/gritsmol-v2-gpu-
+  if [ "$1" = --output-dir-prefix ]; then prefix=$2; shift 2; fi
+  local pids=()
+  mkdir -p "$(dirname ${prefix}x)"
+  for arm in $ARMS; do
+    $PYTHON -m gritkit train recipes/gritsmol_v2_gpu.yaml $(arm_flags $arm) --output-dir ${prefix}$arm "$@" \
+      > ${prefix}$arm.log 2>&1 &
+    pids+=($!)
+  done
+  local failed=0
+  for pid in "${pids[@]}"; do wait $pid || failed=1; done
+  for arm in $ARMS; do echo "== $arm"; grep -v "it/s\]$" ${prefix}$arm.log | tail -5; done
+  return $failed
+}

