@@ -101,3 +101,45 @@ def test_rag_options_are_checked():
         TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_cache_modes=["none"]).validate()
     with pytest.raises(ValueError, match="rag_target"):
         TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_target="kl").validate()
+
+
+SELF_ROWS = [
+    {"question": "When was the Eiffel Tower completed?", "passages": [PASSAGE], "answer": "1889"},
+    {"question": "What is the capital of France?", "passages": ["Paris is the capital and largest city of France."],
+     "answer": "Paris"},
+    {"question": "Who wrote Hamlet?", "passages": ["Hamlet is a tragedy written by William Shakespeare."],
+     "answer": "Carthage"},  # a wrong gold span: the model's answer will not contain it
+]
+
+
+def test_self_targets_are_the_models_own_answers_kept_when_correct_and_resume(default_model, tmp_path):
+    from gritkit.prompts import rag_prompt
+    from gritkit.training.self_targets import uncached_answers, write_self_targets
+
+    source = tmp_path / "rag.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in SELF_ROWS))
+    examples = read_rag_data([source])
+    batched = uncached_answers(default_model, examples, max_new_tokens=24)
+    for example, answer in zip(examples, batched):  # one left-padded batch answers as generate does alone
+        prompt = rag_prompt(default_model.tokenizer, example.question, example.passages[:1], "none", "doc_first")
+        assert answer == default_model.generate(prompt, max_new_tokens=24).strip()
+
+    whole = tmp_path / "whole.jsonl"
+    assert write_self_targets(default_model, [source], whole, batch_size=2, max_new_tokens=24) == {"rows": 3, "kept": 2}
+    rows = [json.loads(line) for line in whole.read_text().splitlines()]
+    assert [row["gold_answer"] for row in rows] == ["1889", "Paris"]
+    assert [row["answer"] for row in rows] == batched[:2] and all(row["gold_answer"] in row["answer"] for row in rows)
+    assert read_rag_data([whole])[0].answer == batched[0]  # the stream trains on the model's own answer
+
+    # killed after the first batch, with a half-written line after it: resuming gives the same file
+    resumed = tmp_path / "resumed.jsonl"
+    write_self_targets(default_model, [source], resumed, batch_size=2, max_new_tokens=24, limit=2)
+    with open(resumed, "a") as sink:
+        sink.write('{"question": "half')
+    write_self_targets(default_model, [source], resumed, batch_size=2, max_new_tokens=24)
+    assert resumed.read_text() == whole.read_text()
+    unrelated = tmp_path / "notes.jsonl"
+    unrelated.write_text("keep me\n")
+    with pytest.raises(FileExistsError):  # a file that is not a run to resume is never overwritten
+        write_self_targets(default_model, [source], unrelated)
+    assert unrelated.read_text() == "keep me\n"

@@ -68,7 +68,6 @@ def train_command(
     flags override the YAML.
     """
     from gritkit import ModelLoadError
-    from gritkit.training.data import DataError
     from gritkit.training.trainer import train
 
     args = list(ctx.args)
@@ -127,9 +126,32 @@ def export_command(
     typer.echo(f"wrote {folder} ({size / 1e6:.1f} MB)")
 
 
+def self_targets_command(
+    inputs: Annotated[list[Path], typer.Argument(help="RAG JSONL files (question, passages with the gold first, answer)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL to write (resumed when its .progress file exists)")],
+    model: Annotated[str, typer.Option(help="The model whose own answers become the targets (the run you will train)")] = "default",
+    keep: Annotated[str, typer.Option(help="correct: keep answers containing the gold span | all")] = "correct",
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N rows")] = None,
+) -> None:
+    """Self-distilled RAG targets: the model's own uncached answers, kept where they contain the gold answer."""
+    from gritkit.specs import load_model
+    from gritkit.training.self_targets import write_self_targets
+
+    try:
+        counts = write_self_targets(load_model(model), inputs, output, keep=keep, batch_size=batch_size,
+                                    max_new_tokens=max_new_tokens, limit=limit)
+    except (ValueError, OSError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"wrote {output}: {counts['kept']} of {counts['rows']} questions kept")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
     data = typer.Typer(help="Training data: build a GRIT training mix from the shared data sets.", no_args_is_help=True)
     data.command("build")(build_command)
+    data.command("self-targets")(self_targets_command)
     app.add_typer(data, name="data")
     app.command("export-adapter")(export_command)

@@ -18,6 +18,7 @@ torch.manual_seed(0)
 model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained("$STAGE/probe"))
 model.save_pretrained("$STAGE/probe")
 PY
+rm -rf $STAGE/probe-runs
 arms --output-dir-prefix $STAGE/probe-runs/ --model $STAGE/probe --max-steps 12 --checkpoint-every 0 ${PROBE_FLAGS:-}
 $PYTHON recipes/device/step_times.py $STAGE/probe-runs > $STAGE/probe.json
 cat $STAGE/probe.json

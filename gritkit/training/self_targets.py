@@ -1,0 +1,82 @@
+"""Self-distilled targets for the cache-aware RAG stream: the model's own uncached answers.
+
+Gold answers are short spans. Trained after the cache they teach the model to stop right after a
+span, and that leaks into chat (asked to count to 1000, it writes "1"); distillation teacher-forced
+on those spans does the same. Here the model first answers each training question as classic
+doc-first RAG (gold passage, greedy, in its own words); answers that contain the gold span are kept
+as targets (sequence-level knowledge distillation, filtered by correctness). Trained with
+``rag_target: gold`` on the result, the cached path learns the uncached path's answers and style.
+
+Resumable: rows are appended batch by batch and ``OUTPUT.progress`` records how many input rows and
+output bytes are final, so a killed run restarted with the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from gritkit.answers import answer_match
+from gritkit.model import GritLM
+from gritkit.prompts import rag_prompt
+from gritkit.training.data import RagExample, read_rag_data
+
+
+@torch.inference_mode()
+def uncached_answers(grit: GritLM, examples: Sequence[RagExample], *, max_new_tokens: int = 64) -> list[str]:
+    """Greedy doc-first RAG answers over each example's gold passage, generated as one left-padded batch."""
+    tokenizer = grit.tokenizer
+    prompts = [grit.prompt_ids(rag_prompt(tokenizer, e.question, e.passages[:1], "none", "doc_first")) for e in examples]
+    width = max(map(len, prompts))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=grit.device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=grit.device)
+    output = grit.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad, eos_token_id=sorted(grit.stop_token_ids()))
+    return [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
+
+
+def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str | Path, *, keep: str = "correct",
+                       batch_size: int = 16, max_new_tokens: int = 64, limit: int | None = None) -> dict[str, int]:
+    """Write RAG rows whose ``answer`` is the model's own uncached answer (``gold_answer`` keeps the span).
+
+    ``keep="correct"`` drops rows whose answer does not contain the gold span; ``"all"`` keeps every row.
+    Returns the counts ``{"rows", "kept"}`` over the whole file, the resumed part included.
+    """
+    if keep not in ("correct", "all"):
+        raise ValueError(f"keep must be 'correct' or 'all', not {keep!r}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError("batch_size and max_new_tokens must be >= 1")
+    examples = read_rag_data(inputs)[:limit]
+    output, progress = Path(output), Path(f"{output}.progress")
+    if output.is_file() and not progress.is_file():
+        raise FileExistsError(f"{output} exists and is not a self-targets run to resume: remove it or pick another path")
+    done = json.loads(progress.read_text()) if progress.is_file() else {"rows": 0, "kept": 0, "bytes": 0}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "ab") as sink:
+        sink.truncate(done["bytes"])  # drops a batch half-written when the last run was killed
+        for start in tqdm(range(done["rows"], len(examples), batch_size), desc="self targets",
+                          initial=done["rows"] // batch_size, total=-(-len(examples) // batch_size)):
+            batch = examples[start:start + batch_size]
+            for example, answer in zip(batch, uncached_answers(grit, batch, max_new_tokens=max_new_tokens)):
+                if answer and (keep == "all" or answer_match(answer, [example.answer])):
+                    row = {"question": example.question, "passages": example.passages, "answer": answer,
+                           "gold_answer": example.answer}
+                    sink.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+                    done["kept"] += 1
+            sink.flush()
+            os.fsync(sink.fileno())
+            done |= {"rows": start + len(batch), "bytes": sink.tell()}
+            _write_atomic(progress, json.dumps(done))
+    return {"rows": done["rows"], "kept": done["kept"]}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
