@@ -3,12 +3,13 @@ export STAGE=${STAGE:-/root/gritstage} PYTHON=${PYTHON:-python3}
 export PYTHONPATH=$PWD:$STAGE/site${PYTHONPATH_EXTRA:+:$PYTHONPATH_EXTRA} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=4 PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 mkdir -p data && ln -sfn $STAGE/data/gritsmol-v2-gpu-mix data/gritsmol-v2-gpu-mix
 
-ARMS="gold-distill distill norag"
+ARMS=${ARMS:-"gold-distill distill norag"}  # also: self (train.sh makes its targets first)
 arm_flags() {  # the flags that make an arm differ from recipes/gritsmol_v2_gpu.yaml
   case $1 in
     gold-distill) echo "--rag-target gold+distill" ;;
     distill) echo "--rag-target distill" ;;
     norag) echo "--rag-data []" ;;
+    self) echo "--rag-data [${SELF_RAG:-data/gritsmol-v2-gpu-mix/rag}] --rag-target gold" ;;  # self-distilled targets
   esac
 }
 arms() {  # arms [--output-dir-prefix P] [flags...]: each arm in its own process on the one GPU

