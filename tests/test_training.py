@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from typer.testing import CliRunner
 
@@ -393,6 +394,7 @@ def test_data_build_uses_train_splits_only(tmp_path):
     assert not test_questions & {e.query[1] for e in wikiqa}
     banking_test = {row["text"].strip() for row in csv.DictReader((data_dir() / "banking77" / "test.csv").open())}
     assert not banking_test & {e.query[1] for e in by_source["banking77"]}
+    assert all(e.group for e in by_source["banking77"]) and not any(e.group for e in by_source["wikiqa"])
     gsm8k_test = {json.loads(line)["question"].strip() for line in (data_dir() / "gsm8k" / "test.jsonl").open()}
     generative = read_generative_data([tmp_path / "generative"])
     assert not gsm8k_test & {e.messages[0]["content"] for e in generative}
@@ -417,3 +419,28 @@ def test_data_build_v2_sources_symmetric_instructions_and_rag_rows(tmp_path):
     dev = json.loads((data_dir() / "tydiqa_goldp" / "dev" / "tydiqa.goldp.en.dev.json").read_text())
     dev_questions = {qa["question"].strip() for a in dev["data"] for p in a["paragraphs"] for qa in p["qas"]}
     assert not dev_questions & {example.question for example in rag}
+
+
+def test_info_nce_groups_drop_same_group_positives_from_the_negatives():
+    torch.manual_seed(0)
+    queries, passages = torch.randn(4, 8), torch.randn(8, 8)  # two passages (positive, negative) per query
+    groups = torch.tensor([7, 7, 3, 5])  # queries 0 and 1 share a group (say, one banking intent)
+    loss, scores = info_nce_loss(queries, passages, temperature=0.05, groups=groups)
+    assert torch.isinf(scores[0, 2]) and torch.isinf(scores[1, 0])  # each other's positives are masked
+    assert torch.isfinite(scores[0, 3]) and torch.isfinite(scores[0, 0]) and torch.isfinite(scores[2]).all()
+    # the same as InfoNCE with those columns left out, row by row
+    full = F.normalize(queries, dim=-1) @ F.normalize(passages, dim=-1).T / 0.05
+    keep = [[c for c in range(8) if (q, c) not in {(0, 2), (1, 0)}] for q in range(4)]
+    expected = torch.stack([F.cross_entropy(full[q, keep[q]][None], torch.tensor([keep[q].index(2 * q)]))
+                            for q in range(4)]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert info_nce_loss(queries, passages, temperature=0.05)[0].item() > loss.item()
+
+
+def test_embedding_rows_may_carry_a_string_group(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"query": "q", "positive": "p", "group": "card_lost"}) + "\n")
+    assert read_embedding_data([path])["pairs"][0].group == "card_lost"
+    path.write_text(json.dumps({"query": "q", "positive": "p", "group": 3}) + "\n")
+    with pytest.raises(DataError, match="group"):
+        read_embedding_data([path])

@@ -152,7 +152,7 @@ def banking77(root: Path, rng: random.Random) -> list[dict]:
         for text in texts:
             positive = rng.choice([t for t in texts if t != text] or texts)
             negative = rng.choice(by_intent[rng.choice([i for i in intents if i != intent])])
-            pairs.append(_pair("banking77", text, positive, [negative], rng=rng))
+            pairs.append({**_pair("banking77", text, positive, [negative], rng=rng), "group": intent})
     return pairs
 
 

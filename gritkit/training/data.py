@@ -41,6 +41,7 @@ class EmbeddingExample:
     positives: list[Text]
     negatives: list[Text]
     source: str
+    group: str | None = None  # e.g. a class label: same-group pairs are not used as each other's negatives
 
 
 @dataclass
@@ -128,9 +129,13 @@ def parse_embedding_row(row: dict, path: Path) -> EmbeddingExample:
     if "query" not in row:
         raise ValueError("missing 'query'")
     source = row.get("source") or path.name.split(".")[0]
+    group = row.get("group")
+    if group is not None and not isinstance(group, str):
+        raise ValueError("'group' must be a string (e.g. the class label) when given")
     if "pos" in row:  # official gritlm layout
         query = _text(row["query"], "query")
-        return EmbeddingExample(query, _texts(row["pos"], "pos", "", True), _texts(row.get("neg"), "neg", "", False), source)
+        return EmbeddingExample(query, _texts(row["pos"], "pos", "", True), _texts(row.get("neg"), "neg", "", False),
+                                source, group)
     if "positive" not in row:
         raise ValueError("missing 'pos' (gritlm layout) or 'positive' (friendly layout)")
     for key in ("query_instruction", "doc_instruction"):
@@ -139,7 +144,7 @@ def parse_embedding_row(row: dict, path: Path) -> EmbeddingExample:
     doc_instruction = row.get("doc_instruction", "")
     query = _text(row["query"], "query", row.get("query_instruction", ""))
     return EmbeddingExample(query, _texts(row["positive"], "positive", doc_instruction, True),
-                            _texts(row.get("negatives"), "negatives", doc_instruction, False), source)
+                            _texts(row.get("negatives"), "negatives", doc_instruction, False), source, group)
 
 
 def parse_generative_row(row: dict, path: Path) -> GenerativeExample:

@@ -32,13 +32,16 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def info_nce_loss(queries: torch.Tensor, passages: torch.Tensor, *, temperature: float = 0.02,
-                  gather_across_processes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  gather_across_processes: bool = False,
+                  groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE of each query against every passage in the batch; returns ``(loss, scores)``.
 
     ``passages`` holds one group per query, ``[positive, negative_1, ..., negative_k]``, in query order,
     so query ``i``'s positive is row ``i * group_size``; all other rows (hard negatives and other
     queries' passages) are its negatives. Scores are cosine similarities divided by ``temperature``.
     With ``gather_across_processes`` the queries and passages of all processes form one batch.
+    ``groups`` (one integer per query, e.g. a class label) drops other queries' positives of the same
+    group from a query's negatives: same-intent or same-image pairs are not negatives of each other.
 
     Example::
 
@@ -49,8 +52,16 @@ def info_nce_loss(queries: torch.Tensor, passages: torch.Tensor, *, temperature:
     group_size = len(passages) // len(queries)
     if gather_across_processes:
         queries, passages = gather_with_grad(queries), gather_with_grad(passages)
+        groups = gather_with_grad(groups) if groups is not None else None
     scores = F.normalize(queries.float(), dim=-1) @ F.normalize(passages.float(), dim=-1).T / temperature
     targets = torch.arange(len(queries), device=scores.device) * group_size
+    if groups is not None:
+        groups = groups.to(scores.device)
+        same = groups[:, None] == groups[None, :]
+        same.fill_diagonal_(False)  # a query's own positive stays its target
+        positives = torch.zeros_like(scores, dtype=torch.bool)
+        positives[:, ::group_size] = same
+        scores = scores.masked_fill(positives, float("-inf"))
     return F.cross_entropy(scores, targets), scores
 
 

@@ -16,6 +16,7 @@ Output layout (``output_dir``)::
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -130,6 +131,8 @@ class TrainingStep:
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.embedding_data, self.generative_data, self.rag_data = embedding_data, generative_data, rag_data
         self.embedding_plan = self.generative_plan = self.rag_plan = None
+        self.grouped_sources = {name for name, examples in (embedding_data or {}).items()
+                                if any(example.group is not None for example in examples)}
         if embedding_data:
             sizes = {name: len(examples) for name, examples in embedding_data.items()}
             self.embedding_plan = BatchPlan(sizes, config.embedding_batch_size * self.world_size, config.seed)
@@ -172,22 +175,26 @@ class TrainingStep:
         config = self.config
         source, indices = self.embedding_plan.batch(step)
         examples = self.embedding_data[source]
-        queries, passages = [], []
-        for index in local_slice(indices, self.rank, self.world_size):
+        queries, passages, groups = [], [], []
+        local = local_slice(indices, self.rank, self.world_size)
+        for index in local:
             rng = np.random.default_rng([config.seed, step, index])  # same choice whatever the process count
             queries.append(examples[index].query)
             passages += passage_group(examples[index], examples, config.num_negatives, rng)
+            groups.append(examples[index].group)
         query_batch = self.grit.tokenize_for_embedding([t for _, t in queries], [i for i, _ in queries],
                                                        max_length=config.query_max_length)
         passage_batch = self.grit.tokenize_for_embedding([t for _, t in passages], [i for i, _ in passages],
                                                          max_length=config.passage_max_length)
         self.tokens += int(query_batch.attention_mask.sum() + passage_batch.attention_mask.sum())
         gather = config.gather_negatives and self.world_size > 1
+        # a source either has groups on every process or on none, so gathered shapes always agree
+        group_ids = group_tensor(groups, local, self.accelerator.device) if source in self.grouped_sources else None
         found: dict[str, torch.Tensor] = {}
 
         def loss_fn(query_embeddings: torch.Tensor, passage_embeddings: torch.Tensor) -> torch.Tensor:
             loss, found["scores"] = info_nce_loss(query_embeddings, passage_embeddings, temperature=config.temperature,
-                                                  gather_across_processes=gather)
+                                                  gather_across_processes=gather, groups=group_ids)
             found["loss"] = loss.detach()
             # Every process holds the same global loss but gets gradients for its own rows only;
             # scaling by the world size undoes the data-parallel gradient average.
@@ -248,6 +255,14 @@ class TrainingStep:
                 backward(loss * config.generative_loss_weight)
             total += loss.detach()
         return total
+
+
+def group_tensor(groups: list[str | None], indices: list[int], device) -> torch.Tensor:
+    """Integer ids of the rows' groups, equal across processes for equal labels; a row without one
+    gets its own id (from its example index), so it masks nothing."""
+    ids = [int.from_bytes(hashlib.blake2b(g.encode(), digest_size=7).digest(), "big") if g is not None else -1 - i
+           for g, i in zip(groups, indices)]
+    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 # ---------------------------------------------------------------- checkpoints and output
