@@ -1,0 +1,87 @@
+"""Print the README's gritsmol v2 comparison tables from the results files (nothing is typed by hand).
+
+    python recipes/gritsmol_v2_table.py
+Columns: MiniLM and v1 (results/ablation, results/gritsmol-v2), the CPU v2 candidate, and the GPU arms
+(results/gritsmol-v2-gpu, recipes/device/README.md). A cell is "–" where that run was not measured.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "results"
+ARMS = {  # column: (eval-record files by suite, RAG results file)
+    "MiniLM": ({"sentence": "ablation/minilm-sentence.json", "reranking": "ablation/minilm-reranking.json",
+                "retrieval": "ablation/minilm-retrieval.json", "sts-full": "gritsmol-v2/minilm-sts-full.json"}, None),
+    "v1": ({"sentence": "ablation/unified-sentence.json", "reranking": "ablation/unified-reranking.json",
+            "retrieval": "ablation/unified-retrieval.json", "sts-full": "gritsmol-v2/v1-sts-full.json",
+            "generative-100": "gritsmol-v2/v1-generative-100.json"}, "gritsmol-v2/v1-rag.json"),
+    "v2 CPU": ({suite: f"gritsmol-v2/v2-{suite}.json" for suite in
+                ("sentence", "reranking", "retrieval", "sts-full", "generative-100")}, "gritsmol-v2/v2-rag.json"),
+    **{f"GPU {arm}": ({suite: f"gritsmol-v2-gpu/{arm}-{suite}.json" for suite in
+                       ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
+                      f"gritsmol-v2-gpu/{arm}-rag.json") for arm in ("norag", "distill", "gold-distill")},
+}
+EMBEDDING_ROWS = [("sentence", "stsb", 200), ("sentence", "mrpc", 200), ("sentence", "banking77", 200),
+                  ("sentence", "twentynewsgroups", 200), ("reranking", "trecqa", 30), ("retrieval", "msmarco", 5)]
+OTHER_ROWS = [("sts-full", "stsb", "stsb, with the STS instruction (1,379)"),
+              ("sts-full", "stsb_noinstruction", "stsb, no instruction (1,379)"),
+              ("generative-100", "mmlu", "mmlu (100)"), ("generative-100", "perplexity", "perplexity (100, lower is better)"),
+              ("generative-100", "nq_open", "nq_open closed book (100)")]
+RAG_MODES = [("rag_doc_first", "RAG doc-first (uncached)"), ("rag_query_first", "RAG query-first (uncached)"),
+             ("doc", "doc caching, bidirectional"), ("query", "query caching"), ("doc_causal", "doc caching, causal states")]
+
+
+def records(path: str | None) -> dict[str, float]:
+    file = ROOT / path if path else None
+    if file is None or not file.is_file():
+        return {}
+    return {row["task"]: row["value"] for row in json.loads(file.read_text())}
+
+
+def cell(value: float | None, task: str = "") -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if task == "perplexity" else f"{100 * value:.1f}"
+
+
+def main() -> None:
+    names = list(ARMS)
+    print("| task | n | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * len(names))
+    averages = {name: [] for name in names}
+    for suite, task, n in EMBEDDING_ROWS:
+        values = [records(ARMS[name][0].get(suite)).get(task) for name in names]
+        for name, value in zip(names, values):
+            averages[name].append(value)
+        print(f"| {task} | {n} | " + " | ".join(cell(v) for v in values) + " |")
+    print("| **embedding average** | | " + " | ".join(
+        cell(sum(v) / len(v)) if None not in v else "–" for v in averages.values()) + " |")
+    for suite, task, label in OTHER_ROWS:
+        values = [records(ARMS[name][0].get(suite)).get(task) for name in names]
+        print(f"| {label} | | " + " | ".join(cell(v, task) for v in values) + " |")
+
+    rag = {name: _rag(ARMS[name][1]) for name in names if ARMS[name][1]}
+    print("\n| TyDi QA dev-en, 60 questions: match / EM / degenerate | " + " | ".join(rag) + " |\n|---|" + "---:|" * len(rag))
+    for mode, label in RAG_MODES:
+        print(f"| {label} | " + " | ".join(_rag_cell(modes.get(mode)) for modes in rag.values()) + " |")
+    print("| retrieval top-1 | " + " | ".join(
+        cell(r.get("_retrieval")) if r else "–" for r in rag.values()) + " |")
+
+
+def _rag(path: str) -> dict:
+    file = ROOT / path
+    if not file.is_file():
+        return {}
+    tydiqa = json.loads(file.read_text())["corpora"]["tydiqa"]
+    return {**tydiqa["modes"], "_retrieval": tydiqa["retrieval"]["top1"]}
+
+
+def _rag_cell(row: dict | None) -> str:
+    if not row:
+        return "–"
+    return f"{100 * row['match']:.1f} / {100 * row['exact_match']:.1f} / {100 * row['degenerate']:.1f}"
+
+
+if __name__ == "__main__":
+    main()
