@@ -457,14 +457,27 @@ class GritLM:
         """One text's embedding forward that also keeps its key/value states; differentiable.
 
         Returns the pooled (unnormalised) embedding ``(d,)``, the cache over ``prefix + text``
-        tokens and those token ids. :meth:`embed_with_cache` and cache-aware RAG training use it.
+        tokens and those token ids. :meth:`embed_with_cache` uses it.
         """
-        batch = self.tokenize_for_embedding([text], instruction, max_length=max_length).to(self.device)
+        batch = self.tokenize_for_embedding([text], instruction, max_length=max_length)
+        embeddings, cache = self.embed_batch_with_cache(batch, attention=attention)
+        return embeddings[0], cache, batch.input_ids[0].tolist()
+
+    def embed_batch_with_cache(self, batch: EmbeddingBatch, *,
+                               attention: Attention | None = None) -> tuple[torch.Tensor, DynamicCache]:
+        """:meth:`embed_batch` that also keeps the key/value states of the pass; differentiable.
+
+        Returns the pooled (unnormalised) embeddings ``(b, d)`` and the cache over the batch's padded
+        width: row ``i``'s own states are its first ``attention_mask[i].sum()`` positions (right padding is
+        masked, so no text sees it). Cache-aware RAG training runs all cached texts of a step in one such pass.
+        """
+        padded = not bool(batch.attention_mask.all())  # tokenised batches are on the CPU: no device sync
+        batch = batch.to(self.device)
         is_causal = (attention or self.attention) == "causal"
-        cache = DynamicCache(config=self.config)
-        output = self.backbone(input_ids=batch.input_ids, past_key_values=cache, use_cache=True, is_causal=is_causal)
-        embedding = pool(output.last_hidden_state, batch.pooling_mask, self.pooling)[0]
-        return embedding, output.past_key_values, batch.input_ids[0].tolist()
+        mask = batch.attention_mask if padded else None  # unpadded: the very path of a single text
+        output = self.backbone(input_ids=batch.input_ids, attention_mask=mask, past_key_values=DynamicCache(config=self.config),
+                               use_cache=True, is_causal=is_causal)
+        return pool(output.last_hidden_state, batch.pooling_mask, self.pooling), output.past_key_values
 
     @torch.inference_mode()
     def embed_with_cache(self, text: str, instruction: str = "", *, attention: Attention | None = None,

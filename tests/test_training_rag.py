@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def test_training_logits_equal_the_logits_rag_answers_from(default_model, eiffel
     first_token = rag.answer(QUESTION, cache=mode, k=1, max_new_tokens=1).text
     inputs = layout(default_model, RagExample(QUESTION, [PASSAGE], "1889"), mode, [PASSAGE], default_model.max_length)
     with torch.no_grad():
-        logits = answer_logits(default_model, inputs)
+        (logits,) = answer_logits(default_model, [inputs])
     assert logits.shape == (len(inputs.answer_ids), default_model.config.vocab_size)
     predicted = default_model.tokenizer.decode([int(logits[0].argmax())], skip_special_tokens=True).strip()
     assert predicted == first_token
@@ -44,18 +45,69 @@ def test_gradients_flow_through_the_cached_passage_states(tiny_model):
     passage_only = set(grit.tokenizer(passage, add_special_tokens=False)["input_ids"])
     passage_only -= set(inputs.prompt_ids) | set(inputs.answer_ids)
     assert passage_only
-    loss = rag_loss(answer_logits(grit, inputs), inputs.answer_ids, "gold")
+    loss = rag_loss(answer_logits(grit, [inputs])[0], inputs.answer_ids, "gold")
     (grad,) = torch.autograd.grad(loss, grit.model.get_input_embeddings().weight)
     # these tokens are only ever in the cache: a gradient on their embeddings went through its key/value states
     assert all(grad[token].abs().sum() > 0 for token in passage_only)
 
 
+def _mixed_batch(grit) -> list:
+    """Questions of every mode with 1 to 3 passages of different lengths (so rows and answers are padded)."""
+    passages = ["zebra quartz lantern", "The river flows north through three old towns before it meets the sea.",
+                "Ada wrote it.", "A short one", "Paris is the capital of France and its largest city by far."]
+    examples = [("What is it?", "doc", 1, "a thing"), ("Who wrote it?", "query", 2, "Ada, long ago"),
+                ("Where does the river flow?", "query_doc", 3, "north"), ("Capital?", "doc_query", 2, "Paris"),
+                ("Which town is old?", "doc", 3, "all three of them")]
+    return [layout(grit, RagExample(question, passages[i:i + k], answer), mode, passages[i:i + k], 64)
+            for i, (question, mode, k, answer) in enumerate(examples)]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen3", "mistral"])
+def test_a_batch_of_questions_trains_as_one_question_at_a_time(tiny_model, architecture):
+    grit = tiny_model(architecture)  # mistral: sliding-window layers, each text runs alone
+    batch = _mixed_batch(grit)
+    teachers = uncached_answer_logits(grit, batch)
+    teachers_alone = [uncached_answer_logits(grit, [inputs])[0] for inputs in batch]
+    for batched, alone in zip(teachers, teachers_alone):
+        torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    parameters = list(grit.model.parameters())
+
+    def losses_and_gradients(logits):
+        losses = [rag_loss(rows, inputs.answer_ids, "gold+distill", teacher)
+                  for rows, inputs, teacher in zip(logits, batch, teachers_alone)]
+        return torch.stack(losses).detach(), torch.autograd.grad(sum(losses), parameters)
+
+    batched_losses, batched_gradients = losses_and_gradients(answer_logits(grit, batch))
+    alone_losses, alone_gradients = losses_and_gradients([answer_logits(grit, [inputs])[0] for inputs in batch])
+    torch.testing.assert_close(batched_losses, alone_losses, atol=1e-5, rtol=1e-5)
+    for batched, alone in zip(batched_gradients, alone_gradients):
+        torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_a_rag_batch_leaves_no_reference_cycles(tiny_model):
+    # the trainer frees the stream's graph and caches by reference counting alone: a full gc.collect per
+    # step would cost ~0.3 s with a real data mix in memory
+    grit = tiny_model("llama")
+    batch = _mixed_batch(grit)
+    gc.collect()
+    gc.disable()
+    try:
+        teachers = uncached_answer_logits(grit, batch)
+        loss = sum(rag_loss(rows, inputs.answer_ids, "gold+distill", teacher)
+                   for rows, inputs, teacher in zip(answer_logits(grit, batch), batch, teachers))
+        loss.backward()
+        del loss, teachers
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 def test_distillation_is_zero_when_student_and_teacher_see_the_same_text(tiny_model):
     grit = tiny_model("llama")
     inputs = layout(grit, RagExample("Who?", ["Ada wrote it."], "Ada"), "doc", ["Ada wrote it."], 64)
-    teacher = uncached_answer_logits(grit, inputs)
+    (teacher,) = uncached_answer_logits(grit, [inputs])
     assert rag_loss(teacher, inputs.answer_ids, "distill", teacher).item() == pytest.approx(0.0, abs=1e-6)
-    student = answer_logits(grit, inputs)
+    (student,) = answer_logits(grit, [inputs])
     both = rag_loss(student, inputs.answer_ids, "gold+distill", teacher)
     assert both > rag_loss(student, inputs.answer_ids, "gold")
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half as llama_rotate_half
 
@@ -61,16 +62,10 @@ def _layer_type(model: GritLM, layer_idx: int) -> str | None:
     return layer_types[layer_idx] if layer_types else None
 
 
-@torch.no_grad()  # constants: plain tensors, so cache-aware training can rotate keys that need gradients
-def rope_rotation(model: GritLM, offset: int, layer_idx: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, sin)`` of the rotation by ``offset`` positions, from the model's rotary module.
-
-    The module folds its attention scaling (YaRN etc.) into cos/sin; the cached keys already
-    carry it once, so it is divided out here to rotate without rescaling.
-    """
+def _rotation(model: GritLM, positions: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` of shape ``positions.shape + (rotary_dim,)``: the rotation by each position."""
     rotary = model.backbone.rotary_emb
     dummy = torch.zeros(1, dtype=torch.float32, device=model.device)
-    positions = torch.tensor([[offset]], device=model.device)
     if hasattr(rotary, "layer_types"):  # one frequency set per layer type (e.g. Gemma 3)
         layer_type = _layer_type(model, layer_idx)
         cos, sin = rotary(dummy, positions, layer_type)
@@ -78,18 +73,33 @@ def rope_rotation(model: GritLM, offset: int, layer_idx: int = 0) -> tuple[torch
     else:
         cos, sin = rotary(dummy, positions)
         scaling = getattr(rotary, "attention_scaling", 1.0)
-    return cos[0, 0] / scaling, sin[0, 0] / scaling
+    return cos / scaling, sin / scaling
+
+
+@torch.no_grad()  # constants: plain tensors, so cache-aware training can rotate keys that need gradients
+def rope_rotation(model: GritLM, offset: int, layer_idx: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` of the rotation by ``offset`` positions, from the model's rotary module.
+
+    The module folds its attention scaling (YaRN etc.) into cos/sin; the cached keys already
+    carry it once, so it is divided out here to rotate without rescaling.
+    """
+    cos, sin = _rotation(model, torch.tensor([[offset]], device=model.device), layer_idx)
+    return cos[0, 0], sin[0, 0]
+
+
+def _rotate(model: GritLM, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Keys ``(..., tokens, head_dim)`` rotated by ``cos``/``sin`` (broadcast over them, ``rotary_dim`` last)."""
+    rotary_dim = cos.shape[-1]  # < head_dim for partial rotary: the rest carries no position
+    rotated, passed = keys[..., :rotary_dim].float(), keys[..., rotary_dim:]
+    rotated = (rotated * cos + _rotate_half(model)(rotated) * sin).to(keys.dtype)
+    return torch.cat((rotated, passed), dim=-1) if passed.shape[-1] else rotated
 
 
 def rotate_keys(model: GritLM, keys: torch.Tensor, offset: int, layer_idx: int = 0) -> torch.Tensor:
     """Move post-RoPE keys ``(..., tokens, head_dim)`` forward by ``offset`` positions."""
     if offset == 0:
         return keys
-    cos, sin = rope_rotation(model, offset, layer_idx)
-    rotary_dim = cos.shape[-1]  # < head_dim for partial rotary: the rest carries no position
-    rotated, passed = keys[..., :rotary_dim].float(), keys[..., rotary_dim:]
-    rotated = (rotated * cos + _rotate_half(model)(rotated) * sin).to(keys.dtype)
-    return torch.cat((rotated, passed), dim=-1) if passed.shape[-1] else rotated
+    return _rotate(model, keys, *rope_rotation(model, offset, layer_idx))
 
 
 def build_cache(model: GritLM, segments: Sequence[Segment]) -> DynamicCache:
@@ -99,24 +109,58 @@ def build_cache(model: GritLM, segments: Sequence[Segment]) -> DynamicCache:
     """
     if not segments:
         raise ValueError("build_cache needs at least one segment")
-    layers = len(segments[0].keys)
-    if any(len(s.keys) != layers for s in segments):
+    return build_batched_cache(model, [segments])[0]
+
+
+def build_batched_cache(model: GritLM, rows: Sequence[Sequence[Segment]]) -> tuple[DynamicCache, list[int]]:
+    """One cache row per entry of ``rows``, each joined as :func:`build_cache` joins it, right-padded with zeros.
+
+    Returns the cache and each row's length; a forward after it must mask the padding positions
+    (attention mask 0) and give each row's tokens their own positions (``position_ids``). Each layer's
+    keys are re-positioned in one rotation by a per-token offset (0 leaves a key as it is), so the
+    cost does not grow with the number of segments. A sliding-window layer cannot hold padding:
+    rows of different lengths are an error for such models.
+    """
+    if not rows or not all(rows):
+        raise ValueError("build_batched_cache needs at least one segment in every row")
+    layers = len(rows[0][0].keys)
+    if any(len(s.keys) != layers for row in rows for s in row):
         raise ValueError("segments come from models with different numbers of layers")
-    dtype = next(model.model.parameters()).dtype
-    offsets, total = [], 0
-    for segment in segments:
-        offsets.append(total)
-        total += segment.length
+    device, dtype = model.device, next(model.model.parameters()).dtype
+    lengths = [sum(segment.length for segment in row) for row in rows]
     cache = DynamicCache(config=model.config)
+    if len(set(lengths)) > 1 and any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+        raise ValueError("a sliding-window cache layer cannot hold padding: build one cache per row")
+    rotations: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
     for layer_idx in range(layers):
-        keys = [rotate_keys(model, s.keys[layer_idx].to(model.device, dtype), offset, layer_idx)
-                for s, offset in zip(segments, offsets)]
-        values = [s.values[layer_idx].to(model.device, dtype) for s in segments]
-        cache.update(torch.cat(keys, dim=-2)[None], torch.cat(values, dim=-2)[None], layer_idx)
+        # a sliding layer may store only a segment's last tokens: offsets follow what each layer stores
+        stored = tuple(tuple(s.keys[layer_idx].shape[-2] for s in row) for row in rows)
+        width = max(sum(row) for row in stored)
+        key = (_layer_type(model, layer_idx), stored)
+        if key not in rotations:
+            offsets = torch.zeros(len(rows), width, dtype=torch.long)
+            for row_idx, (row, counts) in enumerate(zip(rows, stored)):
+                start, offset = 0, 0
+                for segment, count in zip(row, counts):
+                    offsets[row_idx, start:start + count] = offset
+                    start, offset = start + count, offset + segment.length
+            with torch.no_grad():
+                rotations[key] = tuple(t[:, None] for t in _rotation(model, offsets.to(device), layer_idx))
+        keys = _padded_rows([[s.keys[layer_idx].to(device, dtype) for s in row] for row in rows], width)
+        values = _padded_rows([[s.values[layer_idx].to(device, dtype) for s in row] for row in rows], width)
+        cache.update(_rotate(model, keys, *rotations[key]), values, layer_idx)
         layer = cache.layers[layer_idx]
         if hasattr(layer, "cumulative_length"):  # a sliding layer counts positions, not what it stores
-            layer.cumulative_length = total
-    return cache
+            layer.cumulative_length = lengths[0]
+    return cache, lengths
+
+
+def _padded_rows(rows: list[list[torch.Tensor]], width: int) -> torch.Tensor:
+    """``(rows, heads, width, head_dim)``: each row's tensors joined along tokens, zero-padded on the right."""
+    joined = [torch.cat(row, dim=-2) if len(row) > 1 else row[0] for row in rows]
+    if len(joined) == 1:
+        return joined[0][None]
+    return torch.stack([F.pad(row, (0, 0, 0, width - row.shape[-2])) for row in joined])
 
 
 def drop_leading_tokens(model: GritLM, segment: Segment, count: int) -> Segment:

@@ -11,15 +11,17 @@ distribution over those tokens (self-distillation, KL), see ``TrainingConfig.rag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
-from gritkit.model import GritLM
+from gritkit.model import EmbeddingBatch, GritLM
 from gritkit.prompts import RAG_QUERY_INSTRUCTION, CacheMode, cached_segment_kinds, rag_prompt
-from gritkit.rag.kv import Segment, build_cache
+from gritkit.rag.kv import Segment, build_batched_cache
 from gritkit.training.data import RagExample, reply_text
 
 
@@ -65,23 +67,97 @@ def draw(grit: GritLM, examples: list[RagExample], index: int, modes: list[str],
     return layout(grit, example, mode, passages, passage_max_length)
 
 
-def answer_logits(grit: GritLM, inputs: RagInputs) -> torch.Tensor:
-    """Logits predicting each answer token ``(answer_tokens, vocab)``, generated after the cached segments."""
-    segments = []
-    for instruction, text in inputs.segments:
-        _, cache, token_ids = grit.embedding_pass_with_cache(text, instruction, max_length=inputs.passage_max_length)
-        segments.append(Segment.from_cache(cache, len(token_ids)))
-    prefix = build_cache(grit, segments)
-    ids = torch.tensor([inputs.prompt_ids + inputs.answer_ids], device=grit.device)
-    output = grit.model(input_ids=ids, past_key_values=prefix, use_cache=True, logits_to_keep=len(inputs.answer_ids) + 1)
-    return output.logits[0, :-1]
+def answer_logits(grit: GritLM, batch: Sequence[RagInputs]) -> list[torch.Tensor]:
+    """Per question, the logits predicting each answer token ``(answer_tokens, vocab)``, after its cached segments.
+
+    All questions run together: every cached text in one right-padded embedding pass, the joined caches
+    as rows of one cache (:func:`gritkit.rag.kv.build_batched_cache`), then one causal forward over the
+    prompts and answers, left-padded so that every answer ends in the last column. Padding is masked
+    and every token keeps its own position, so each question's logits equal those of running it alone
+    (up to float rounding). Models with sliding-window layers (whose caches cannot hold padding) run
+    each text alone.
+    """
+    if not batch:
+        return []
+    if len(batch) > 1 and not _can_pad(grit):
+        return [logits for inputs in batch for logits in answer_logits(grit, [inputs])]
+    rows = _cached_segments(grit, batch)
+    prefix, prefix_lengths = build_batched_cache(grit, rows)
+    width = max(prefix_lengths)
+    answer_lengths = [len(inputs.answer_ids) for inputs in batch]
+    ids, mask, positions = _left_padded(grit, [inputs.prompt_ids + inputs.answer_ids for inputs in batch], prefix_lengths)
+    prefix_mask = (torch.arange(width)[None] < torch.tensor(prefix_lengths)[:, None]).long()
+    if bool(mask.all()) and bool(prefix_mask.all()):  # nothing padded (e.g. one question): the plain causal path
+        attention_mask, positions = None, None
+    else:
+        attention_mask = torch.cat([prefix_mask, mask], dim=1).to(grit.device)
+        positions = positions.to(grit.device)
+    output = grit.model(input_ids=ids.to(grit.device), attention_mask=attention_mask, position_ids=positions,
+                        past_key_values=prefix, use_cache=True, logits_to_keep=max(answer_lengths) + 1)
+    return _answer_rows(output.logits, answer_lengths)
 
 
 @torch.no_grad()
-def uncached_answer_logits(grit: GritLM, inputs: RagInputs) -> torch.Tensor:
-    """The teacher: the same answer tokens after classic (uncached) RAG, without gradients."""
-    ids = torch.tensor([inputs.uncached_prompt_ids + inputs.answer_ids], device=grit.device)
-    return grit.model(input_ids=ids, use_cache=False, logits_to_keep=len(inputs.answer_ids) + 1).logits[0, :-1]
+def uncached_answer_logits(grit: GritLM, batch: Sequence[RagInputs]) -> list[torch.Tensor]:
+    """The teacher: per question, the same answer tokens after classic (uncached) RAG, without gradients."""
+    if not batch:
+        return []
+    answer_lengths = [len(inputs.answer_ids) for inputs in batch]
+    ids, mask, positions = _left_padded(grit, [inputs.uncached_prompt_ids + inputs.answer_ids for inputs in batch],
+                                        [0] * len(batch))
+    padded = not bool(mask.all())
+    output = grit.model(input_ids=ids.to(grit.device), attention_mask=mask.to(grit.device) if padded else None,
+                        position_ids=positions.to(grit.device) if padded else None, use_cache=False,
+                        logits_to_keep=max(answer_lengths) + 1)
+    return _answer_rows(output.logits, answer_lengths)
+
+
+def _can_pad(grit: GritLM) -> bool:
+    """Whether padding can be cut off every cache layer (a sliding-window layer keeps only its last tokens)."""
+    return not any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=grit.config).layers)
+
+
+def _cached_segments(grit: GritLM, batch: Sequence[RagInputs]) -> list[list[Segment]]:
+    """Each question's cached segments, from one embedding pass over every cached text of the batch."""
+    lengths = {inputs.passage_max_length for inputs in batch}
+    if len(lengths) > 1:
+        raise ValueError(f"questions of one batch must share passage_max_length, not {sorted(lengths)}")
+    texts = [segment for inputs in batch for segment in inputs.segments]
+    tokens = grit.tokenize_for_embedding([text for _, text in texts], [instruction for instruction, _ in texts],
+                                         max_length=lengths.pop())
+    text_lengths = tokens.attention_mask.sum(1).tolist()  # on the CPU: no device sync
+    if _can_pad(grit):
+        _, cache = grit.embed_batch_with_cache(tokens)
+        segments = [Segment.from_cache(cache, length, row) for row, length in enumerate(text_lengths)]
+    else:
+        segments = []
+        for row, length in enumerate(text_lengths):
+            one = EmbeddingBatch(*(t[row:row + 1, :length] for t in (tokens.input_ids, tokens.attention_mask,
+                                                                     tokens.pooling_mask)))
+            segments.append(Segment.from_cache(grit.embed_batch_with_cache(one)[1], length))
+    rows, start = [], 0
+    for inputs in batch:
+        rows.append(segments[start:start + len(inputs.segments)])
+        start += len(inputs.segments)
+    return rows
+
+
+def _left_padded(grit: GritLM, rows: list[list[int]], starts: list[int]) -> tuple[torch.Tensor, ...]:
+    """Token ids, attention mask and position ids (row ``i`` counting from ``starts[i]``), padded on the left."""
+    width = max(len(row) for row in rows)
+    pad = grit.tokenizer.pad_token_id if grit.tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], dtype=torch.long)
+    padding = torch.tensor([width - len(row) for row in rows])[:, None]
+    columns = torch.arange(width)[None]
+    mask = (columns >= padding).long()
+    positions = (columns - padding).clamp(min=0) + torch.tensor(starts)[:, None]
+    return ids, mask, positions
+
+
+def _answer_rows(logits: torch.Tensor, answer_lengths: list[int]) -> list[torch.Tensor]:
+    """Row ``i``'s logits predicting its answer: the ``answer_lengths[i]`` columns before the last."""
+    last = logits.shape[1] - 1
+    return [logits[row, last - length:last] for row, length in enumerate(answer_lengths)]
 
 
 def rag_loss(logits: torch.Tensor, answer_ids: list[int], target: str,
