@@ -87,6 +87,12 @@ class LlamaCppDecoder:
         """Export ``model`` (once, cached) and load it with ``model.max_length`` tokens of context."""
         return cls(cached_gguf(model, dtype), context_length=model.max_length)
 
+    def clear(self) -> None:
+        """Forget the key/value states kept for prefix reuse, so the next prompt is computed whole."""
+        with self._lock:
+            for llm in self._idle:
+                llm.reset()
+
     def _open(self) -> Llama:
         from llama_cpp import Llama
 
