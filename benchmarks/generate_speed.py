@@ -1,23 +1,34 @@
 """Generation speed on CPU: GritLM.generate vs transformers' generate vs llama.cpp on the same GGUF.
 
     python benchmarks/generate_speed.py --new-tokens 64 --repeats 3
+    python benchmarks/generate_speed.py --llamacpp-backend --new-tokens 128 --repeats 2
 
 Every system decodes greedily from the same chat prompt for exactly ``--new-tokens`` tokens
 (EOS ignored), so tokens/s compare like for like. llama.cpp runs when ``llama-cpp-python``
 is installed (``pip install llama-cpp-python``, builds from source in ~10 min).
+
+``--llamacpp-backend`` compares gritkit's PyTorch fp32 path, gritkit with
+``generation_backend="llamacpp"`` (f16 and q8_0 exports) and plain llama-cpp-python on the same
+exported file, after a short and a ~1,000-token prompt, at 1 and 2 threads; every run includes
+computing the prompt. Quality columns, per export: held-out perplexity (AlpacaEval reference
+answers, llama.cpp's logits vs PyTorch fp32's) and how many greedy replies to AlpacaEval prompts
+equal fp32's.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
-from common import best_of, report
+from common import best_of, medquad_texts, report
 from gritkit import GritLM
 from gritkit.loading import default_gguf_path
 
@@ -43,9 +54,11 @@ def transformers_decode(model: GritLM, ids: list[int], new_tokens: int) -> int:
 LLAMA_CPP = """
 import json, statistics, sys, time
 from llama_cpp import Llama
-ids, new_tokens, threads, repeats, path = json.loads(sys.argv[1])
-llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, verbose=False)
+ids, new_tokens, threads, repeats, path, n_ctx, with_prefill = json.loads(sys.argv[1])
+llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
 def run():
+    if with_prefill:
+        llm.reset()  # else generate() reuses the prompt's states from the last run
     for count, _ in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True), start=1):
         if count == new_tokens:
             return
@@ -58,21 +71,125 @@ print(json.dumps([statistics.mean(times), statistics.stdev(times) if len(times) 
 
 
 def llama_cpp_seconds(ids: list[int], new_tokens: int, threads: int, repeats: int,
-                      gguf_path: str | None = None) -> tuple[float, float] | None:
-    """Mean/std seconds of llama.cpp on ``gguf_path`` (default: the package's GGUF), in its own
-    process: two OpenMP runtimes in one process slow both."""
+                      gguf_path: str | None = None, *, n_ctx: int = 2048,
+                      with_prefill: bool = False) -> tuple[float, float] | None:
+    """Mean/std seconds of plain llama-cpp-python on ``gguf_path`` (default: the package's GGUF), in its
+    own process: two OpenMP runtimes in one process slow both. ``with_prefill``: every repeat computes
+    the prompt too (else only the first does)."""
     if importlib.util.find_spec("llama_cpp") is None:
         return None
-    job = json.dumps([ids, new_tokens, threads, repeats, str(gguf_path or default_gguf_path())])
+    job = json.dumps([ids, new_tokens, threads, repeats, str(gguf_path or default_gguf_path()), n_ctx, with_prefill])
     result = subprocess.run([sys.executable, "-c", LLAMA_CPP, job], capture_output=True, text=True, check=True)
     return tuple(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def long_prompt(model: GritLM, tokens: int = 1000) -> list[int]:
+    """A chat prompt of about ``tokens`` tokens: MedQuAD answers to summarise."""
+    text = model.tokenizer.decode(model.tokenizer(" ".join(medquad_texts(40)))["input_ids"][:tokens - 40])
+    return model.prompt_ids([{"role": "user", "content": f"Summarise these notes:\n{text}"}])
+
+
+def gguf_perplexity(path, rows: list[tuple[list[int], list[int]]], threads: int) -> float:
+    """Perplexity of the response tokens from llama.cpp's logits (the same ids as the PyTorch eval)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=threads, logits_all=True, verbose=False)
+    nll, count = 0.0, 0
+    for prompt, response in rows:
+        llm.reset()
+        llm.eval(prompt + response)
+        logits = llm.scores[len(prompt) - 1:len(prompt) + len(response) - 1].astype(np.float64)
+        log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        nll -= float(log_probs[np.arange(len(response)), response].sum())
+        count += len(response)
+    llm.close()
+    return math.exp(nll / count)
+
+
+def compare_llamacpp_backend(args: argparse.Namespace) -> None:
+    from gritkit.backends.llamacpp import LlamaCppDecoder, cached_gguf
+    from gritkit.eval.data import read_jsonl
+    from gritkit.eval.tasks.perplexity import response_nll
+    from gritkit.paths import data_dir
+
+    model = GritLM.from_pretrained()
+    prompts = {"short": model.prompt_ids(PROMPT), "~1000 tokens": long_prompt(model)}
+    files = {dtype: cached_gguf(model, dtype) for dtype in ("f16", "q8_0")}
+    alpaca = read_jsonl(data_dir() / "alpaca_eval" / "alpaca_eval.jsonl")
+    replies = [model.prompt_ids([{"role": "user", "content": row["instruction"]}]) for row in alpaca[:args.replies]]
+    scored = []
+    for row in alpaca[-args.perplexity_rows:]:  # held out from the replies
+        prompt = model.prompt_ids([{"role": "user", "content": row["instruction"]}])
+        response = model.tokenizer(row["output"], add_special_tokens=False)["input_ids"][:256] + [model.tokenizer.eos_token_id]
+        scored.append((prompt, response))
+    fp32_perplexity = math.exp(sum(response_nll(model, p, r) for p, r in scored) / sum(len(r) for _, r in scored))
+    fp32_replies = [list(model.generate_ids(ids, max_new_tokens=args.reply_tokens)) for ids in replies]
+
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        backends = {}
+        for dtype, path in files.items():
+            backends[dtype] = copy.copy(model)
+            backends[dtype].llamacpp = LlamaCppDecoder(path, context_length=model.max_length, threads=threads)
+
+        def backend_run(decoder: LlamaCppDecoder, ids: list[int]) -> None:
+            decoder.clear()  # compute the prompt every time, as plain llama-cpp-python does below
+            for _ in decoder.generate_ids(ids, max_new_tokens=args.new_tokens, stop_ids=set(),
+                                          next_token=lambda logits: int(logits.argmax())):
+                pass
+
+        for prompt_name, ids in prompts.items():
+            torch_seconds = best_of(lambda: gritkit_decode(model, ids, args.new_tokens), args.repeats)[0]
+            plain_f16 = None
+            for dtype, path in files.items():
+                seconds = best_of(lambda: backend_run(backends[dtype].llamacpp, ids), args.repeats)[0]
+                plain = llama_cpp_seconds(ids, args.new_tokens, threads, args.repeats, str(path),
+                                          n_ctx=model.max_length, with_prefill=True)[0]
+                plain_f16 = plain_f16 or plain
+                rows.append({"threads": threads, "prompt": f"{prompt_name} ({len(ids)})",
+                             "system": f"gritkit llamacpp backend, {dtype}", "tokens/s": args.new_tokens / seconds,
+                             "plain llama-cpp-python tokens/s": args.new_tokens / plain,
+                             "ratio to llama-cpp-python": plain / seconds})
+            rows.append({"threads": threads, "prompt": f"{prompt_name} ({len(ids)})", "system": "gritkit torch fp32",
+                         "tokens/s": args.new_tokens / torch_seconds,
+                         "plain llama-cpp-python tokens/s": args.new_tokens / plain_f16,
+                         "ratio to llama-cpp-python": plain_f16 / torch_seconds})
+        if threads == 1:
+            for dtype in files:
+                same = sum(list(backends[dtype].generate_ids(ids, max_new_tokens=args.reply_tokens)) == expected
+                           for ids, expected in zip(replies, fp32_replies))
+                perplexity = gguf_perplexity(files[dtype], scored, threads)
+                for row in rows:
+                    if row["system"].endswith(dtype):
+                        row.update({"perplexity": perplexity, "perplexity vs fp32": perplexity / fp32_perplexity - 1,
+                                    "greedy = fp32": f"{same}/{len(replies)}"})
+            for row in rows:
+                row.setdefault("perplexity", fp32_perplexity)
+                row.setdefault("perplexity vs fp32", 0.0)
+                row.setdefault("greedy = fp32", "-")
+    for row in rows:  # the quality columns of the 1-thread rows hold for 2 threads too
+        quality = next(r for r in rows if r["system"] == row["system"] and "perplexity" in r)
+        row.update({key: quality[key] for key in ("perplexity", "perplexity vs fp32", "greedy = fp32")})
+    report("generate_speed_llamacpp", rows, {"new_tokens": args.new_tokens, "perplexity_rows": len(scored),
+                                             "perplexity_tokens": sum(len(r) for _, r in scored),
+                                             "reply_prompts": len(replies), "reply_tokens": args.reply_tokens,
+                                             "files_mb": {d: round(p.stat().st_size / 1e6) for d, p in files.items()},
+                                             "args": vars(args)})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--llamacpp-backend", action="store_true", help="torch vs the llamacpp backend vs plain llama-cpp-python")
+    parser.add_argument("--replies", type=int, default=8, help="AlpacaEval prompts for the greedy agreement")
+    parser.add_argument("--reply-tokens", type=int, default=48)
+    parser.add_argument("--perplexity-rows", type=int, default=16, help="AlpacaEval reference answers scored")
     args = parser.parse_args()
+    if args.llamacpp_backend:
+        compare_llamacpp_backend(args)
+        return
 
     model = GritLM.from_pretrained()
     ids = model.prompt_ids(PROMPT)

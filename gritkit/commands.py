@@ -13,6 +13,15 @@ import typer
 from gritkit.prompts import SEARCH_INSTRUCTION
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="'default', 'smollm2-base', a .gguf file, a model or adapter dir")]
+BackendOption = Annotated[str, typer.Option(
+    "--generation-backend", help="torch, or llamacpp: decode with llama.cpp on a GGUF export of the model, written "
+                                 "once to the cache (needs gritkit[llamacpp]); embeddings and RAG-cached answers stay on torch")]
+GgufDtypeOption = Annotated[str, typer.Option("--gguf-dtype", help="Weight type of the llamacpp backend's export: f16, f32 or q8_0")]
+
+
+def backend_options(generation_backend: str = "torch", gguf_dtype: str = "f16") -> dict:
+    """``GritLM.from_pretrained`` options for the --generation-backend/--gguf-dtype flags."""
+    return {"generation_backend": generation_backend, "gguf_dtype": gguf_dtype}
 
 
 def fail(message: str) -> typer.Exit:
@@ -87,9 +96,11 @@ def chat(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     system: Annotated[Optional[str], typer.Option(help="System message")] = None,
+    generation_backend: BackendOption = "torch",
+    gguf_dtype: GgufDtypeOption = "f16",
 ) -> None:
     """Chat with the model: one-shot with a message, interactive without one (Ctrl-D quits)."""
-    grit = load_model(model)
+    grit = load_model(model, **backend_options(generation_backend, gguf_dtype))
     history = [{"role": "system", "content": system}] if system else []
 
     def reply(text: str) -> None:

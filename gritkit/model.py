@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,10 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from gritkit import loading
 from gritkit.prompts import (Message, chat_prompt, continuation_prompt, embedding_prefix,  # noqa: F401 (re-exported)
                              grit_chat_prompt)
+
+if TYPE_CHECKING:
+    from gritkit.backends.llamacpp import GenerationBackend, LlamaCppDecoder
+    from gritkit.export.gguf import GgufDtype
 
 Attention = Literal["bidirectional", "causal"]
 Pooling = Literal["mean", "weighted_mean", "last"]
@@ -107,6 +111,7 @@ class GritLM:
         self.name = name
         self.quantize = quantize
         self._fingerprint: str | None = None
+        self.llamacpp: LlamaCppDecoder | None = None  # set by from_pretrained(generation_backend="llamacpp")
         context = getattr(self.config, "max_position_embeddings", None) or 4096
         self.max_length = max_length or context
         if tokenizer.pad_token_id is None:
@@ -124,6 +129,8 @@ class GritLM:
         max_length: int | None = None,
         quantize: Quantize | None = None,
         merge_adapter: bool = True,
+        generation_backend: GenerationBackend = "torch",
+        gguf_dtype: GgufDtype = "f16",
     ) -> GritLM:
         """Load a model offline from ``spec``: ``"default"``, ``"smollm2-base"``, a .gguf file,
         a model directory or a PEFT adapter directory. bf16 on GPU, fp32 on CPU.
@@ -134,6 +141,11 @@ class GritLM:
         activation quantisation: decoding reads 4x fewer bytes per token, so it runs ~3x faster;
         embeddings move with it (cosine ~0.9 to fp32 on the default), so index with one setting.
         A PEFT adapter (the default model is one) is merged into the weights unless ``merge_adapter=False``.
+
+        ``generation_backend="llamacpp"`` decodes with llama.cpp (``gritkit[llamacpp]``) on a GGUF
+        export of these weights (``gguf_dtype``: f16, f32 or q8_0), written once into the cache
+        folder; embeddings and generation after RAG key/value caches stay on PyTorch
+        (see :mod:`gritkit.backends.llamacpp`).
         """
         saved = read_saved_config(spec)
         attention = attention or saved.get("attention") or "bidirectional"
@@ -144,12 +156,23 @@ class GritLM:
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         if quantize is not None:
             _check_quantize(quantize, device)  # before loading: a bad option should not cost a model load
+        if generation_backend != "torch" or gguf_dtype != "f16":
+            from gritkit.backends.llamacpp import check_backend
+
+            check_backend(generation_backend, gguf_dtype)
+            if quantize is not None and generation_backend == "llamacpp":
+                raise ValueError("quantize and generation_backend='llamacpp' do not combine: pick gguf_dtype='q8_0' "
+                                 "for 8-bit llama.cpp decoding")
         model, tokenizer = loading.load(spec, dtype=dtype, device=device, merge_adapter=merge_adapter)
         grit = cls(model, tokenizer, attention=attention, pooling=pooling, max_length=max_length,
                    name=str(spec or loading.DEFAULT_SPEC), quantize=quantize)
         if quantize is not None:
             grit.fingerprint  # noqa: B018 (of the weights before quantising; the int8 ones cannot be read back)
             grit.model = _quantize_int8(model)
+        if generation_backend == "llamacpp":
+            from gritkit.backends.llamacpp import LlamaCppDecoder
+
+            grit.llamacpp = LlamaCppDecoder.for_model(grit, dtype=gguf_dtype)
         return grit
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -390,6 +413,11 @@ class GritLM:
             raise ValueError("generation needs at least one new input token after the cache")
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         stop_ids = self.stop_token_ids()
+        if self.llamacpp is not None and past_key_values is None:  # after a RAG cache, decoding stays here
+            yield from self.llamacpp.generate_ids(
+                input_ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                next_token=lambda logits: _next_token(logits.to(self.device), temperature, top_p, generator))
+            return
         cache, logits = self.prefill(input_ids, past_key_values)
         for step in range(max_new_tokens):
             token = _next_token(logits.float(), temperature, top_p, generator)

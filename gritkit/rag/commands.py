@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gritkit.commands import fail, load_model
+from gritkit.commands import BackendOption, GgufDtypeOption, backend_options, fail, load_model
 
 index_app = typer.Typer(no_args_is_help=True, help="A persistent GRIT index: add, search, delete, stats, rebuild.")
 
@@ -69,12 +69,13 @@ def _stored_model(index_dir: Path) -> str | None:
     return row[0] if row else None
 
 
-def _open(index_dir: Path, model_spec: str | None, *, need_model: bool, must_exist: bool = True, **kwargs):
+def _open(index_dir: Path, model_spec: str | None, *, need_model: bool, must_exist: bool = True,
+          model_options: dict | None = None, **kwargs):
     from gritkit.rag import Index
 
     if must_exist and not (index_dir / "index.sqlite").exists():
         raise fail(f"no index at {index_dir} (create one with: gritkit index add FILES --index {index_dir})")
-    model = load_model(model_spec or _stored_model(index_dir) or "default") if need_model else None
+    model = load_model(model_spec or _stored_model(index_dir) or "default", **(model_options or {})) if need_model else None
     try:
         return Index.open(index_dir, model, **kwargs)
     except ValueError as error:
@@ -212,11 +213,13 @@ def ask(
     temperature: float = 0.0,
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer, passages and timings as JSON")] = False,
+    generation_backend: BackendOption = "torch",
+    gguf_dtype: GgufDtypeOption = "f16",
 ) -> None:
     """Answer a question from an index with GRIT key/value caching."""
     from gritkit.rag import RAG
 
-    with _open(index, model, need_model=True) as opened:
+    with _open(index, model, need_model=True, model_options=backend_options(generation_backend, gguf_dtype)) as opened:
         try:
             answer = RAG(opened.model, opened).answer(question, cache=cache, k=k, order=order, doc_cache=doc_cache,
                                                       max_new_tokens=max_new_tokens, temperature=temperature)

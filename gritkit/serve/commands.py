@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gritkit.commands import load_model
+from gritkit.commands import BackendOption, GgufDtypeOption, backend_options, load_model
 
 
 def serve(
@@ -47,6 +47,8 @@ def serve(
     graceful_timeout: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight requests before "
                                                     "cancelling them")] = 5.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    generation_backend: BackendOption = "torch",
+    gguf_dtype: GgufDtypeOption = "f16",
 ) -> None:
     """Serve embeddings, chat and completions over the OpenAI API (base URL http://HOST:PORT/v1)."""
     import uvicorn
@@ -60,7 +62,7 @@ def serve(
         typer.secho(f"error: --index {index} is not a directory (build one with gritkit.rag first)",
                     fg="red", err=True)
         raise typer.Exit(2)
-    grit = load_model(model)
+    grit = load_model(model, **backend_options(generation_backend, gguf_dtype))
     try:
         app = create_app(grit, api_key=api_key, model_id=model_id, max_batch_size=max_batch_size,
                          batch_window_ms=batch_window_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
