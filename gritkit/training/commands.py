@@ -68,6 +68,7 @@ def train_command(
     flags override the YAML.
     """
     from gritkit import ModelLoadError
+    from gritkit.training.data import DataError
     from gritkit.training.trainer import train
 
     args = list(ctx.args)
