@@ -52,7 +52,7 @@ def timed_searches(index: Index, queries: np.ndarray, k: int, multiplier: int, r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--passages", type=int, default=400, help="corpus size (judged passages plus random others)")
+    parser.add_argument("--passages", type=int, default=400, help="passages drawn at random from the 5,000")
     parser.add_argument("--multipliers", default="0,1,4,10", help="rescore multipliers to try (0: no rescoring)")
     parser.add_argument("--searches", default="exact,hnsw")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the queries when timing")
