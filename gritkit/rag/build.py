@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gritkit.rag.index import (ChunkUnit, EmbeddedChunks, Index, SearchKind, _check_chunking, embed_chunks,
-                               new_vector_index)
+from gritkit.model import Precision
+from gritkit.rag.index import (ChunkUnit, EmbeddedChunks, Index, SearchKind, _check_chunking, check_precision,
+                               embed_chunks, new_vector_index)
 from gritkit.rag.kv import Segment
 
 BUILD_DIR = ".build"
@@ -200,6 +201,7 @@ def build_index(
     shard_size: int = 100,
     kv_budget_bytes: int | None = None,
     search: SearchKind | None = None,
+    precision: Precision | None = None,
 ) -> BuildReport:
     """Embed JSONL/Parquet corpora on Ray Data with ``workers`` GritLM actors and merge them into the
     index at ``index_dir`` (created if missing; documents with the same id are replaced).
@@ -208,7 +210,7 @@ def build_index(
     ``"ray://host:10001"`` joins a cluster. Each actor reserves ``cpus_per_worker`` CPUs and
     ``gpus_per_worker`` GPUs and loads the model once. Rows without an id or text, with empty text
     or that are not UTF-8/JSON are reported in ``BuildReport.bad_rows`` as ``path:line: reason``.
-    ``search`` sets the index's search kind (``Index.open``).
+    ``search`` sets the index's search kind and ``precision`` a new index's precision (``Index.open``).
     """
     import ray
 
@@ -219,6 +221,10 @@ def build_index(
         raise ValueError("workers and shard_size must be >= 1")
     if search is not None:
         new_vector_index(search, 1)  # a bad kind fails before any work
+    if precision is not None:
+        check_precision(precision)
+        if (Path(index_dir) / "index.sqlite").exists():  # another recorded precision fails before any work
+            Index.open(index_dir, precision=precision).close()
     files = [str(Path(p).resolve()) if "://" not in str(p) else str(p) for p in paths]
     for file in files:
         if "://" not in file and not Path(file).exists():
@@ -279,7 +285,7 @@ def build_index(
     files_left = [shard_id for shard_id in pending if (shard_dir / f"{shard_id}.safetensors").exists()]
     if pending:
         with Index.open(index_dir, GritLM.from_pretrained(model), kv_budget_bytes=kv_budget_bytes,
-                        search=search) as index:
+                        search=search, precision=precision) as index:
             for shard_id in pending:
                 shard_file = shard_dir / f"{shard_id}.safetensors"
                 if shard_file.exists():  # absent: a shard of bad rows only

@@ -17,6 +17,9 @@ index_app = typer.Typer(no_args_is_help=True, help="A persistent GRIT index: add
 IndexOption = Annotated[Path, typer.Option("--index", "-x", help="Index directory")]
 ModelOption = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Model spec; defaults to the one the index was built with, else 'default'")]
+PrecisionOption = Annotated[Optional[str], typer.Option(
+    help="What faiss searches, fixed when the index is created: float32 | int8 | binary (compact codes; "
+         "searches rescore their candidates with the stored float32 vectors); default: the index's, else float32")]
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 
 
@@ -96,17 +99,21 @@ def add(
                            "cached answers equal uncached doc-first RAG), 'bidirectional' (the embedding pass) or 'both'",
     )] = None,
     kv_budget: Annotated[str, typer.Option(help="Size budget of the KV store (LRU), e.g. 4GB or none")] = "4GB",
+    precision: PrecisionOption = None,
 ) -> None:
     """Add (or replace, by id) documents in an index, creating it if missing."""
-    from gritkit.rag.index import kv_kinds_of
+    from gritkit.rag.index import check_precision, kv_kinds_of
 
     try:
+        if precision is not None:
+            check_precision(precision)  # before the model loads
         kinds = kv_kinds_of(cache_kv)
         documents = list(read_documents(paths))
         budget = parse_size(kv_budget)
     except (ValueError, OSError) as error:
         raise fail(str(error)) from error
-    with _open(index, model, need_model=True, must_exist=False, kv_budget_bytes=budget) as opened:
+    with _open(index, model, need_model=True, must_exist=False, kv_budget_bytes=budget,
+               precision=precision) as opened:
         try:
             chunks = opened.add(documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
                                 batch_size=batch_size, cache_kv=kinds, show_progress_bar=True)
@@ -131,19 +138,21 @@ def build(
     cache_kv: Annotated[bool, typer.Option("--cache-kv", help="Keep each chunk's key/value cache for RAG")] = False,
     kv_budget: Annotated[str, typer.Option(help="Size budget of the KV store (LRU), e.g. 4GB or none")] = "none",
     search: Annotated[Optional[str], typer.Option(help="'exact' or 'hnsw' (approximate); default: the index's")] = None,
+    precision: PrecisionOption = None,
 ) -> None:
     """Embed a corpus on Ray Data (a pool of GritLM actors) into an index; resumable, bad rows reported."""
     try:
         from gritkit.rag.build import build_index
     except ImportError as error:
-        raise _fail(f"gritkit index build needs Ray: pip install 'gritkit[ray]' ({error})") from error
+        raise fail(f"gritkit index build needs Ray: pip install 'gritkit[ray]' ({error})") from error
     try:
         report = build_index(paths, index, model=model, ray_address=ray_address, workers=workers,
                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, cache_kv=cache_kv,
                              chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
-                             shard_size=shard_size, kv_budget_bytes=parse_size(kv_budget), search=search)
+                             shard_size=shard_size, kv_budget_bytes=parse_size(kv_budget), search=search,
+                             precision=precision)
     except ValueError as error:
-        raise _fail(str(error)) from error
+        raise fail(str(error)) from error
     for line in report.bad_rows:
         typer.secho(f"skipped {line}", fg="yellow", err=True)
     timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.seconds.items())
@@ -158,10 +167,15 @@ def search(
     k: Annotated[int, typer.Option("-k", help="Number of passages")] = 5,
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per passage")] = False,
+    rescore_multiplier: Annotated[int, typer.Option(
+        help="int8/binary indexes: candidates per passage rescored with the float32 vectors (0: none)")] = 4,
 ) -> None:
     """Search an index; prints the k closest chunks, best first."""
     with _open(index, model, need_model=True) as opened:
-        passages = opened.search(query, k)
+        try:
+            passages = opened.search(query, k, rescore_multiplier=rescore_multiplier)
+        except ValueError as error:
+            raise fail(str(error)) from error
     if as_json:
         for passage in passages:
             print(json.dumps({"id": passage.id, "doc_id": passage.doc_id, "score": round(passage.score, 6),

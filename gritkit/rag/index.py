@@ -4,7 +4,8 @@ Layout of an index directory::
 
     index.sqlite      documents, chunks (text + float32 vector) and settings: the source of truth
     vectors.faiss     faiss index over chunk ids: IndexFlatIP (exact inner product, the default) or,
-                      with ``search="hnsw"``, an HNSW graph (approximate, for large indexes)
+                      with ``search="hnsw"``, an HNSW graph (approximate, for large indexes); with
+                      ``precision="int8"`` or ``"binary"`` it holds compact codes instead of float32
     kv/               KVStore of per-chunk key/value segments (optional, ``cache_kv=...``)
 
 Two kinds of key/value states can be kept per chunk (``settings.kv_kinds`` records which):
@@ -23,6 +24,12 @@ The settings record which model made the vectors: its fingerprint (weights and q
 attention and pooling. Opening, adding to or answering from the index with a model that embeds
 differently raises :class:`StaleIndexError` (re-embed with ``Index.open(path, model, rebuild=True)``
 or ``gritkit index rebuild``); key/value segments are keyed by chunk, kind and fingerprint.
+
+The ``precision`` setting (fixed when the index is created) chooses what faiss searches: float32
+vectors, int8 codes (faiss scalar quantizer, per-dimension min/max ranges fitted on the stored vectors
+as sentence-transformers' int8 calibration does) or sign bits (Hamming distance). SQLite keeps the
+float32 vectors either way, so a compact search takes ``rescore_multiplier * k`` candidates and
+rescores them exactly.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from gritkit.model import Attention, GritLM
+from gritkit.model import Attention, GritLM, Precision, compact_embeddings
 from gritkit.prompts import RAG_QUERY_INSTRUCTION, doc_first_piece, user_turn_parts
 from gritkit.rag.kv import Segment, causal_segment
 from gritkit.rag.kvstore import KVStore
@@ -51,6 +58,9 @@ KV_KINDS: tuple[str, ...] = ("bidirectional", "causal")
 SearchKind = Literal["exact", "hnsw"]
 # HNSW graph degree and beam widths: recall@10 and latency at these are in docs/rag.md
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 64
+PRECISIONS: tuple[str, ...] = ("float32", "int8", "binary")
+# candidates per result taken from int8/binary codes before exact rescoring: recall in docs/rag.md
+DEFAULT_RESCORE_MULTIPLIER = 4
 QUERY_INSTRUCTION = RAG_QUERY_INSTRUCTION
 DEFAULT_KV_BUDGET = 4 * 1024**3
 
@@ -97,6 +107,20 @@ class Passage:
 def _record_model(db: sqlite3.Connection, model: GritLM) -> None:
     settings = {"dim": str(model.embedding_dim), "model": model.name, **model_identity(model)}
     db.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?)", list(settings.items()))
+
+
+def _record_precision(db: sqlite3.Connection, path: Path, precision: Precision | None) -> None:
+    """Record ``precision`` in a new index, or check it against the one an index recorded."""
+    row = db.execute("SELECT value FROM settings WHERE key = 'precision'").fetchone()
+    if row is None:  # a new index, or one from before precisions (float32 then)
+        has_chunks = db.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() is not None
+        recorded = "float32" if has_chunks else precision or "float32"
+        db.execute("INSERT INTO settings VALUES ('precision', ?)", (recorded,))
+    else:
+        recorded = row[0]
+    if precision is not None and precision != recorded:
+        raise ValueError(f"{path} holds {recorded} vectors, not {precision}: open it with precision={recorded!r} "
+                         f"or none (the recorded one); for {precision}, add the documents to a new index")
 
 
 def _short(value: str | None) -> str:
@@ -219,15 +243,42 @@ def embed_chunks(model: GritLM, documents: Sequence[tuple[str, str, dict]], *, c
                           np.asarray(vectors, dtype=np.float32).reshape(len(chunks), -1), segments, kinds)
 
 
-def new_vector_index(kind: SearchKind, dim: int) -> faiss.IndexIDMap:
-    """An empty faiss index over chunk ids: exact inner product, or an HNSW graph on inner product."""
-    if kind == "exact":
-        return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
-    if kind != "hnsw":
+VectorIndex = faiss.IndexIDMap | faiss.IndexBinaryIDMap
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+def new_vector_index(kind: SearchKind, dim: int, precision: Precision = "float32") -> VectorIndex:
+    """An empty faiss index over chunk ids, exact or an HNSW graph, of float32 vectors (inner
+    product), int8 codes (``QT_8bit`` scalar quantizer, inner product; trained before the first add)
+    or packed sign bits (Hamming distance; ``ceil(dim / 8)`` bytes)."""
+    if kind not in ("exact", "hnsw"):
         raise ValueError(f"search must be 'exact' or 'hnsw', not {kind!r}")
-    graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    check_precision(precision)
+    if precision == "binary":
+        bits = 8 * -(-dim // 8)
+        if kind == "exact":
+            return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(bits))
+        graph = faiss.IndexBinaryHNSW(bits, HNSW_M)
+    elif kind == "exact":
+        flat = (faiss.IndexFlatIP(dim) if precision == "float32" else
+                faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT))
+        return faiss.IndexIDMap(flat)
+    elif precision == "float32":
+        graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    else:
+        graph = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     graph.hnsw.efConstruction, graph.hnsw.efSearch = HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH
-    return faiss.IndexIDMap2(graph)
+    return faiss.IndexBinaryIDMap2(graph) if precision == "binary" else faiss.IndexIDMap2(graph)
+
+
+def vector_index_kind(vectors: VectorIndex) -> str:
+    """The faiss class inside an index from :func:`new_vector_index`, e.g. ``"IndexScalarQuantizer"``."""
+    binary = isinstance(vectors, faiss.IndexBinaryIDMap)
+    return type(faiss.downcast_IndexBinary(vectors.index) if binary else faiss.downcast_index(vectors.index)).__name__
 
 
 class Index:
@@ -245,12 +296,13 @@ class Index:
         self.path, self.model, self.db, self.kv = path, model, db, kv
         self.query_instruction = query_instruction
         self._vectors_stale = False  # an HNSW graph cannot drop entries: rebuilt after removals
-        self.vectors: faiss.IndexIDMap = self._load_vectors()
+        self._trained_on = 0  # int8: how many vectors the quantizer's ranges were fitted on
+        self.vectors: VectorIndex = self._load_vectors()
 
     @classmethod
     def open(cls, path: str | os.PathLike, model: GritLM | None = None, *, query_instruction: str = QUERY_INSTRUCTION,
              kv_budget_bytes: int | None = DEFAULT_KV_BUDGET, rebuild: bool = False,
-             search: SearchKind | None = None) -> Index:
+             search: SearchKind | None = None, precision: Precision | None = None) -> Index:
         """Open the index at ``path``, creating it if missing. Without a model only delete, stats and
         search by vector work.
 
@@ -258,16 +310,25 @@ class Index:
         attention or pooling) raises :class:`StaleIndexError`; ``rebuild=True`` re-embeds every stored
         chunk with it instead (one transaction) and drops the cached key/value states. ``search``
         ("exact" or "hnsw") is stored with the index; changing it rebuilds the vector index from the
-        stored vectors.
+        stored vectors. ``precision`` ("float32", "int8" or "binary": what faiss searches, see
+        :meth:`search`) is fixed when the index is created; ``None`` uses the recorded one, another
+        value raises ``ValueError``.
         """
         if search is not None:
             new_vector_index(search, 1)  # a bad kind fails before anything is written
+        if precision is not None:
+            check_precision(precision)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path / "index.sqlite", isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        try:
+            _record_precision(db, path, precision)
+        except ValueError:
+            db.close()
+            raise
         if search is not None:
             db.execute("INSERT OR REPLACE INTO settings VALUES ('search', ?)", (search,))
         if model is not None and not db.execute("SELECT 1 FROM settings WHERE key = 'dim'").fetchone():
@@ -320,7 +381,7 @@ class Index:
             self.db.executemany("UPDATE chunks SET vector = ?, tokens = ? WHERE id = ?",
                                 [(np.asarray(vector, dtype=np.float32).tobytes(), tokens, chunk_id)
                                  for (chunk_id, _), vector, tokens in zip(rows, vectors, token_counts)])
-            self.db.execute("DELETE FROM settings")
+            self.db.execute("DELETE FROM settings WHERE key NOT IN ('search', 'precision')")
             _record_model(self.db, model)
         self.kv.delete(self.kv.keys())
         self._rebuild_vectors()
@@ -340,6 +401,12 @@ class Index:
     def search_kind(self) -> SearchKind:
         row = self.db.execute("SELECT value FROM settings WHERE key = 'search'").fetchone()
         return row[0] if row else "exact"
+
+    @property
+    def precision(self) -> Precision:
+        """What faiss searches: ``"float32"`` vectors, ``"int8"`` codes or ``"binary"`` sign bits."""
+        row = self.db.execute("SELECT value FROM settings WHERE key = 'precision'").fetchone()
+        return row[0] if row else "float32"
 
     @property
     def model_name(self) -> str | None:
@@ -373,34 +440,49 @@ class Index:
     def _chunk_ids(self) -> np.ndarray:
         return np.array([row[0] for row in self.db.execute("SELECT id FROM chunks ORDER BY id")], dtype=np.int64)
 
-    def _load_vectors(self) -> faiss.IndexIDMap:
+    def _load_vectors(self) -> VectorIndex:
         expected = self._chunk_ids()
         if self._faiss_path().exists():
             try:
-                vectors = faiss.read_index(str(self._faiss_path()))
+                read = faiss.read_index_binary if self.precision == "binary" else faiss.read_index
+                vectors = read(str(self._faiss_path()))
                 stored = np.sort(faiss.vector_to_array(vectors.id_map))
-                is_hnsw = isinstance(faiss.downcast_index(vectors.index), faiss.IndexHNSWFlat)
-                if (np.array_equal(stored, expected) and (self.dim is None or vectors.d == self.dim)
-                        and is_hnsw == (self.search_kind == "hnsw")):
+                wanted = new_vector_index(self.search_kind, self.dim or 1, self.precision)
+                if (np.array_equal(stored, expected) and (self.dim is None or vectors.d == wanted.d)
+                        and vector_index_kind(vectors) == vector_index_kind(wanted)):
+                    self._trained_on = vectors.ntotal
                     return vectors
-            except RuntimeError:  # unreadable file: rebuilt below
+            except RuntimeError:  # unreadable file, or of the other precision: rebuilt below
                 pass
         return self._rebuild_vectors()
 
-    def _rebuild_vectors(self) -> faiss.IndexIDMap:
-        vectors = new_vector_index(self.search_kind, self.dim or 1)
+    def _rebuild_vectors(self) -> VectorIndex:
+        vectors = new_vector_index(self.search_kind, self.dim or 1, self.precision)
         self._vectors_stale = False
         rows = self.db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
         if rows:
-            ids = np.array([row[0] for row in rows], dtype=np.int64)
-            vectors.add_with_ids(np.stack([np.frombuffer(row[1], dtype=np.float32) for row in rows]), ids)
+            floats = np.stack([np.frombuffer(row[1], dtype=np.float32) for row in rows])
+            if self.precision == "int8":  # per-dimension ranges from every stored vector
+                vectors.train(floats)
+                self._trained_on = len(floats)
+            vectors.add_with_ids(self._codes(floats), np.array([row[0] for row in rows], dtype=np.int64))
         self.vectors = vectors
         self._save_vectors()
         return vectors
 
+    def _codes(self, vectors: np.ndarray) -> np.ndarray:
+        """What the faiss index takes for float32 vectors: themselves (int8: faiss quantizes), or sign bits."""
+        return compact_embeddings(vectors, precision="binary") if self.precision == "binary" else vectors
+
+    def _ranges_outgrown(self, adding: int) -> bool:
+        """int8 ranges fitted on fewer than half the vectors (say the first few documents) would clip
+        later ones: they are fitted again on all (a rebuild) each time the index doubles."""
+        return self.precision == "int8" and self.vectors.ntotal + adding > 2 * self._trained_on
+
     def _save_vectors(self) -> None:
         temporary = self._faiss_path().with_suffix(".faiss.tmp")
-        faiss.write_index(self.vectors, str(temporary))
+        write = faiss.write_index_binary if self.precision == "binary" else faiss.write_index
+        write(self.vectors, str(temporary))
         with open(temporary, "rb") as file:
             os.fsync(file.fileno())
         os.replace(temporary, self._faiss_path())
@@ -470,10 +552,10 @@ class Index:
                     (doc_id, position, text, tokens, np.asarray(vector, dtype=np.float32).tobytes()))
                 new_ids.append(cursor.lastrowid)
         self._forget_chunks(old_ids)
-        if self._vectors_stale:
+        if self._vectors_stale or (new_ids and self._ranges_outgrown(len(new_ids))):
             self._rebuild_vectors()  # from SQLite, which holds the new chunks already
         elif new_ids:
-            self.vectors.add_with_ids(embedded.vectors, np.array(new_ids, dtype=np.int64))
+            self.vectors.add_with_ids(self._codes(embedded.vectors), np.array(new_ids, dtype=np.int64))
         attention = self.model.attention if self.model is not None else "bidirectional"
         for row, kind, segment in embedded.segments:
             self.kv.put(self._kv_key(new_ids[row], kind, attention), segment)
@@ -530,20 +612,42 @@ class Index:
 
     # ------------------------------------------------------------ reading
 
-    def search(self, query: str | np.ndarray, k: int = 5) -> list[Passage]:
-        """The ``k`` chunks closest to a query text (embedded with ``query_instruction``) or vector."""
+    def search(self, query: str | np.ndarray, k: int = 5, *,
+               rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER) -> list[Passage]:
+        """The ``k`` chunks closest to a query text (embedded with ``query_instruction``) or vector.
+
+        In an int8 or binary index, the ``rescore_multiplier * k`` best by the compact codes (the
+        float query against int8 codes, or Hamming distance between sign bits) are rescored with the
+        stored float32 vectors, so scores are exact cosines. ``rescore_multiplier=0`` returns the
+        compact ranking with its own scores: the inner product with the decoded int8 codes, or
+        ``1 - 2 * hamming / bits`` for binary (both estimate the cosine).
+        """
         if k < 1:
             raise ValueError("k must be >= 1")
+        if rescore_multiplier < 0:
+            raise ValueError("rescore_multiplier must be >= 0 (0: no rescoring)")
         if isinstance(query, str):
             query = self._require_model().encode(query, instruction=self.query_instruction)
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         if self.vectors.ntotal == 0:
             return []
-        if query.shape[1] != self.vectors.d:
-            raise ValueError(f"query vector has {query.shape[1]} dimensions, the index {self.vectors.d}")
-        scores, ids = self.vectors.search(query, k)
+        if query.shape[1] != self.dim:
+            raise ValueError(f"query vector has {query.shape[1]} dimensions, the index {self.dim}")
+        compact = self.precision != "float32"
+        scores, ids = self.vectors.search(self._codes(query), k * max(rescore_multiplier, 1) if compact else k)
+        if self.precision == "binary":
+            scores = 1 - 2 * scores / self.vectors.d
         hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-        return [self._passage(chunk_id, score) for chunk_id, score in hits]
+        if compact and rescore_multiplier:
+            hits = self._rescore(query[0], [chunk_id for chunk_id, _ in hits])
+        return [self._passage(chunk_id, score) for chunk_id, score in hits[:k]]
+
+    def _rescore(self, query: np.ndarray, chunk_ids: list[int]) -> list[tuple[int, float]]:
+        """``(chunk id, exact inner product)`` of candidates by their stored float32 vectors, best first."""
+        marks = ",".join("?" * len(chunk_ids))
+        rows = self.db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", chunk_ids).fetchall()
+        scores = np.stack([np.frombuffer(vector, dtype=np.float32) for _, vector in rows]) @ query
+        return [(rows[i][0], float(scores[i])) for i in np.argsort(-scores, kind="stable")]
 
     def _passage(self, chunk_id: int, score: float) -> Passage:
         doc_id, position, text, metadata = self.db.execute(
@@ -567,8 +671,9 @@ class Index:
         return {"path": str(self.path), "model": self.model_name, "dim": self.dim,
                 "fingerprint": self.fingerprint, "documents": documents,
                 "chunks": chunks, "tokens": tokens, "vectors": self.vectors.ntotal,
-                "search": "exact (faiss IndexFlatIP)" if self.search_kind == "exact" else
-                          f"hnsw (faiss IndexHNSWFlat, M={HNSW_M}, efSearch={HNSW_EF_SEARCH})",
+                "search": f"exact (faiss {vector_index_kind(self.vectors)})" if self.search_kind == "exact" else
+                          f"hnsw (faiss {vector_index_kind(self.vectors)}, M={HNSW_M}, efSearch={HNSW_EF_SEARCH})",
+                "precision": self.precision, "vector_index_bytes": self._faiss_path().stat().st_size,
                 "kv_kinds": list(self.kv_kinds),
                 "kv_entries": kv["entries"], "kv_bytes": kv["bytes"], "kv_bytes_per_token": kv["bytes_per_token"],
                 "kv_budget_bytes": kv["budget_bytes"]}
