@@ -52,6 +52,11 @@ class Segment:
         return cls(keys, values, length)
 
 
+def cache_can_hold_padding(model: GritLM) -> bool:
+    """Whether padding can be cut off every cache layer (a sliding-window layer keeps only its last tokens)."""
+    return not any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers)
+
+
 def _rotate_half(model: GritLM):
     """The model's own ``rotate_half`` (its modeling module's), so the pairing of dimensions matches."""
     return getattr(sys.modules[type(model.backbone).__module__], "rotate_half", llama_rotate_half)
@@ -129,7 +134,7 @@ def build_batched_cache(model: GritLM, rows: Sequence[Sequence[Segment]]) -> tup
     device, dtype = model.device, next(model.model.parameters()).dtype
     lengths = [sum(segment.length for segment in row) for row in rows]
     cache = DynamicCache(config=model.config)
-    if len(set(lengths)) > 1 and any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+    if len(set(lengths)) > 1 and not cache_can_hold_padding(model):
         raise ValueError("a sliding-window cache layer cannot hold padding: build one cache per row")
     rotations: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
     for layer_idx in range(layers):

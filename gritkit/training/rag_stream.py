@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from gritkit.model import EmbeddingBatch, GritLM
 from gritkit.prompts import RAG_QUERY_INSTRUCTION, CacheMode, cached_segment_kinds, rag_prompt
-from gritkit.rag.kv import Segment, build_batched_cache
+from gritkit.rag.kv import Segment, build_batched_cache, cache_can_hold_padding
 from gritkit.training.data import RagExample, reply_text
 
 
@@ -79,13 +78,13 @@ def answer_logits(grit: GritLM, batch: Sequence[RagInputs]) -> list[torch.Tensor
     """
     if not batch:
         return []
-    if len(batch) > 1 and not _can_pad(grit):
+    if len(batch) > 1 and not cache_can_hold_padding(grit):
         return [logits for inputs in batch for logits in answer_logits(grit, [inputs])]
     rows = _cached_segments(grit, batch)
     prefix, prefix_lengths = build_batched_cache(grit, rows)
     width = max(prefix_lengths)
     answer_lengths = [len(inputs.answer_ids) for inputs in batch]
-    ids, mask, positions = _left_padded(grit, [inputs.prompt_ids + inputs.answer_ids for inputs in batch], prefix_lengths)
+    ids, mask, positions = left_padded(grit, [inputs.prompt_ids + inputs.answer_ids for inputs in batch], prefix_lengths)
     prefix_mask = (torch.arange(width)[None] < torch.tensor(prefix_lengths)[:, None]).long()
     if bool(mask.all()) and bool(prefix_mask.all()):  # nothing padded (e.g. one question): the plain causal path
         attention_mask, positions = None, None
@@ -103,18 +102,13 @@ def uncached_answer_logits(grit: GritLM, batch: Sequence[RagInputs]) -> list[tor
     if not batch:
         return []
     answer_lengths = [len(inputs.answer_ids) for inputs in batch]
-    ids, mask, positions = _left_padded(grit, [inputs.uncached_prompt_ids + inputs.answer_ids for inputs in batch],
+    ids, mask, positions = left_padded(grit, [inputs.uncached_prompt_ids + inputs.answer_ids for inputs in batch],
                                         [0] * len(batch))
     padded = not bool(mask.all())
     output = grit.model(input_ids=ids.to(grit.device), attention_mask=mask.to(grit.device) if padded else None,
                         position_ids=positions.to(grit.device) if padded else None, use_cache=False,
                         logits_to_keep=max(answer_lengths) + 1)
     return _answer_rows(output.logits, answer_lengths)
-
-
-def _can_pad(grit: GritLM) -> bool:
-    """Whether padding can be cut off every cache layer (a sliding-window layer keeps only its last tokens)."""
-    return not any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=grit.config).layers)
 
 
 def _cached_segments(grit: GritLM, batch: Sequence[RagInputs]) -> list[list[Segment]]:
@@ -126,7 +120,7 @@ def _cached_segments(grit: GritLM, batch: Sequence[RagInputs]) -> list[list[Segm
     tokens = grit.tokenize_for_embedding([text for _, text in texts], [instruction for instruction, _ in texts],
                                          max_length=lengths.pop())
     text_lengths = tokens.attention_mask.sum(1).tolist()  # on the CPU: no device sync
-    if _can_pad(grit):
+    if cache_can_hold_padding(grit):
         _, cache = grit.embed_batch_with_cache(tokens)
         segments = [Segment.from_cache(cache, length, row) for row, length in enumerate(text_lengths)]
     else:
@@ -142,15 +136,15 @@ def _cached_segments(grit: GritLM, batch: Sequence[RagInputs]) -> list[list[Segm
     return rows
 
 
-def _left_padded(grit: GritLM, rows: list[list[int]], starts: list[int]) -> tuple[torch.Tensor, ...]:
-    """Token ids, attention mask and position ids (row ``i`` counting from ``starts[i]``), padded on the left."""
+def left_padded(grit: GritLM, rows: list[list[int]], starts: list[int] | None = None) -> tuple[torch.Tensor, ...]:
+    """Token ids, attention mask and position ids (row ``i`` counting from ``starts[i]``, default 0), padded on the left."""
     width = max(len(row) for row in rows)
     pad = grit.tokenizer.pad_token_id if grit.tokenizer.pad_token_id is not None else 0
     ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], dtype=torch.long)
     padding = torch.tensor([width - len(row) for row in rows])[:, None]
     columns = torch.arange(width)[None]
     mask = (columns >= padding).long()
-    positions = (columns - padding).clamp(min=0) + torch.tensor(starts)[:, None]
+    positions = (columns - padding).clamp(min=0) + torch.tensor(starts or [0] * len(rows))[:, None]
     return ids, mask, positions
 
 

@@ -25,19 +25,22 @@ from gritkit.answers import answer_match
 from gritkit.model import GritLM
 from gritkit.prompts import rag_prompt
 from gritkit.training.data import RagExample, read_rag_data
+from gritkit.training.rag_stream import left_padded
 
 
 @torch.inference_mode()
 def uncached_answers(grit: GritLM, examples: Sequence[RagExample], *, max_new_tokens: int = 64) -> list[str]:
     """Greedy doc-first RAG answers over each example's gold passage, generated as one left-padded batch."""
     tokenizer = grit.tokenizer
-    prompts = [grit.prompt_ids(rag_prompt(tokenizer, e.question, e.passages[:1], "none", "doc_first")) for e in examples]
-    width = max(map(len, prompts))
+    prompts = [list(grit.prompt_ids(rag_prompt(tokenizer, e.question, e.passages[:1], "none", "doc_first")))
+               for e in examples]
+    input_ids, attention_mask, _ = left_padded(grit, prompts)  # generate derives positions from the mask
+    # what generate appends after a row has finished; skipped when decoding
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=grit.device)
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=grit.device)
-    output = grit.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, eos_token_id=sorted(grit.stop_token_ids()))
+    output = grit.model.generate(input_ids=input_ids.to(grit.device), attention_mask=attention_mask.to(grit.device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 eos_token_id=sorted(grit.stop_token_ids()))
+    width = input_ids.shape[1]
     return [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
 
 
