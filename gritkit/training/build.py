@@ -5,7 +5,8 @@ medquad (question -> answer), twentynewsgroups train (subject -> body), tydiqa_g
 (question -> passage), wikiqa train (question -> correct sentence; wrong ones are hard negatives),
 flickr8k_captions (caption <-> caption of the same image), banking77 train (query <-> same-intent query),
 nli_cad_triplets (premise <-> entailed hypothesis, the contradiction as hard negative), stsb train
-(sentence <-> sentence scored >= 4; in-domain for the STS-B evaluation, reported as such) and QQP duplicate
+(sentence <-> sentence scored >= 4; in-domain for the STS-B evaluation, reported as such), stsb_scored (every
+STS-B train pair with its 0-5 score, trained with CoSENT; in-domain too) and QQP duplicate
 questions parsed from t0_train_50k's glue_qqp templates. Symmetric sources give half their rows the
 instruction on both sides and half none, so the model embeds well without an instruction too.
 Generative sources (chat ``messages``): t0_train_50k, flan_cot, gsm8k train.
@@ -41,9 +42,10 @@ INSTRUCTIONS = {
     "banking77": ("Given an online banking query, retrieve a query with the same intent",) * 2,
     "nli": ("Retrieve semantically similar text",) * 2,
     "stsb": ("Retrieve semantically similar text",) * 2,
+    "stsb_scored": ("Retrieve semantically similar text",) * 2,
     "qqp": ("Given a question, retrieve questions that are semantically equivalent",) * 2,
 }
-SYMMETRIC_SOURCES = ("flickr8k", "banking77", "nli", "stsb", "qqp")
+SYMMETRIC_SOURCES = ("flickr8k", "banking77", "nli", "stsb", "stsb_scored", "qqp")
 RAG_PASSAGE_MAX_CHARS = 800  # about 200 tokens: the window around the answer kept of a long paragraph
 # P3 templates whose source data sets are evaluation sets elsewhere (MRPC, ...), per t0_train_50k/SOURCE.txt.
 T0_EXCLUDED_TEMPLATE_PREFIXES = ("glue_mrpc", "paws", "imdb", "ag_news", "dbpedia_14")
@@ -162,11 +164,20 @@ def nli(root: Path, rng: random.Random) -> list[dict]:
             if row["anchor"].strip() and row["positive"].strip()]
 
 
-def stsb(root: Path, rng: random.Random) -> list[dict]:
+def _stsb_train(root: Path) -> list[list[str]]:
     with open(root / "stsb" / "stsb-en-train.csv", newline="", encoding="utf-8") as file:
-        rows = [row for row in csv.reader(file) if len(row) == 3]
+        return [row for row in csv.reader(file) if len(row) == 3]
+
+
+def stsb_scored(root: Path, rng: random.Random) -> list[dict]:
+    """Every STS-B train pair with its 0-5 score (graded pairs: CoSENT); in-domain for STS-B."""
+    return [{**_pair("stsb_scored", first, second, rng=rng), "score": float(score)}
+            for first, second, score in _stsb_train(root) if first.strip() and second.strip()]
+
+
+def stsb(root: Path, rng: random.Random) -> list[dict]:
     pairs = []
-    for first, second, score in rows:
+    for first, second, score in _stsb_train(root):
         if float(score) >= 4.0:
             query, positive = (first, second) if rng.random() < 0.5 else (second, first)
             pairs.append(_pair("stsb", query, positive, rng=rng))
@@ -251,7 +262,8 @@ def tydiqa_rag(root: Path, rng: random.Random) -> list[dict]:
 
 EMBEDDING_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "medquad": medquad, "twentynewsgroups": twentynewsgroups, "tydiqa": tydiqa, "wikiqa": wikiqa,
-    "flickr8k": flickr8k, "banking77": banking77, "nli": nli, "stsb": stsb, "qqp": qqp}
+    "flickr8k": flickr8k, "banking77": banking77, "nli": nli, "stsb": stsb,
+    "stsb_scored": stsb_scored, "qqp": qqp}
 GENERATIVE_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "t0": t0, "flan_cot": flan_cot, "gsm8k": gsm8k}
 RAG_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {"tydiqa": tydiqa_rag}

@@ -39,6 +39,7 @@ class TrainingConfig:
     embedding_batch_size: int = 32             # queries per process per step
     num_negatives: int = 1                     # hard negatives per query (filled with random same-source passages)
     temperature: float = 0.02                  # InfoNCE temperature on cosine similarities
+    cosent_scale: float = 20.0                 # CoSENT scale for sources of graded pairs (rows with "score")
     gather_negatives: bool = True              # use the other processes' passages as negatives too
     gradcache_chunk_size: int = 0              # >0: embed in chunks of this many texts (GradCache); 0 = one pass
     query_max_length: int = 256                # tokens, instruction included
@@ -123,6 +124,8 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.cosent_scale <= 0:
+            raise ValueError("cosent_scale must be > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError("warmup_ratio must be in [0, 1)")
 

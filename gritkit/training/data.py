@@ -42,6 +42,7 @@ class EmbeddingExample:
     negatives: list[Text]
     source: str
     group: str | None = None  # e.g. a class label: same-group pairs are not used as each other's negatives
+    score: float | None = None  # graded similarity of query and positive (e.g. STS 0-5): trained with CoSENT
 
 
 @dataclass
@@ -132,10 +133,13 @@ def parse_embedding_row(row: dict, path: Path) -> EmbeddingExample:
     group = row.get("group")
     if group is not None and not isinstance(group, str):
         raise ValueError("'group' must be a string (e.g. the class label) when given")
+    score = row.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise ValueError(f"'score' must be a number (graded similarity) when given, got {json.dumps(score)[:60]}")
     if "pos" in row:  # official gritlm layout
         query = _text(row["query"], "query")
         return EmbeddingExample(query, _texts(row["pos"], "pos", "", True), _texts(row.get("neg"), "neg", "", False),
-                                source, group)
+                                source, group, score)
     if "positive" not in row:
         raise ValueError("missing 'pos' (gritlm layout) or 'positive' (friendly layout)")
     for key in ("query_instruction", "doc_instruction"):
@@ -144,7 +148,7 @@ def parse_embedding_row(row: dict, path: Path) -> EmbeddingExample:
     doc_instruction = row.get("doc_instruction", "")
     query = _text(row["query"], "query", row.get("query_instruction", ""))
     return EmbeddingExample(query, _texts(row["positive"], "positive", doc_instruction, True),
-                            _texts(row.get("negatives"), "negatives", doc_instruction, False), source, group)
+                            _texts(row.get("negatives"), "negatives", doc_instruction, False), source, group, score)
 
 
 def parse_generative_row(row: dict, path: Path) -> GenerativeExample:
@@ -188,12 +192,20 @@ def read_rag_data(paths: Sequence[str | Path]) -> list[RagExample]:
 
 
 def read_embedding_data(paths: Sequence[str | Path]) -> dict[str, list[EmbeddingExample]]:
-    """All embedding examples, grouped by source (so a batch can come from one source)."""
+    """All embedding examples, grouped by source (so a batch can come from one source).
+
+    A source is either scored (every row has ``score``: CoSENT on its pairs) or not (InfoNCE).
+    """
     by_source: dict[str, list[EmbeddingExample]] = {}
     for example in _read(paths, parse_embedding_row):
         by_source.setdefault(example.source, []).append(example)
     if not by_source:
         raise DataError(f"no embedding examples in {', '.join(map(str, paths))}")
+    for source, examples in by_source.items():
+        scored = sum(example.score is not None for example in examples)
+        if 0 < scored < len(examples):
+            raise DataError(f"source {source!r}: {scored} of {len(examples)} rows have a 'score'; a source is "
+                            "either graded pairs (every row scored, CoSENT) or contrastive rows (none, InfoNCE)")
     return by_source
 
 

@@ -65,6 +65,24 @@ def info_nce_loss(queries: torch.Tensor, passages: torch.Tensor, *, temperature:
     return F.cross_entropy(scores, targets), scores
 
 
+def cosent_loss(first: torch.Tensor, second: torch.Tensor, scores: torch.Tensor, *, scale: float = 20.0,
+                gather_across_processes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """CoSENT (Su, 2022) on graded pairs; returns ``(loss, similarities)`` (cosine of every first vs every second).
+
+    For every two pairs where ``scores[i] > scores[j]``, pair ``i``'s cosine should exceed pair ``j``'s:
+    ``loss = log(1 + sum exp(scale * (cos_j - cos_i)))``. Only the order of the scores matters, so STS
+    labels (0-5) need no rescaling. With ``gather_across_processes`` all processes' pairs are compared.
+    """
+    if gather_across_processes:
+        first, second, scores = gather_with_grad(first), gather_with_grad(second), gather_with_grad(scores)
+    similarities = F.normalize(first.float(), dim=-1) @ F.normalize(second.float(), dim=-1).T
+    cosines = similarities.diagonal() * scale
+    differences = cosines[None, :] - cosines[:, None]  # [i, j] = cos_j - cos_i
+    ranked = scores.to(cosines.device)[:, None] > scores.to(cosines.device)[None, :]
+    zero = torch.zeros(1, device=cosines.device, dtype=cosines.dtype)
+    return torch.logsumexp(torch.cat([zero, differences[ranked]]), dim=0), similarities
+
+
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, *, loss_type: str = "mixed",
                     num_tokens: float | None = None, num_samples: int | None = None) -> torch.Tensor:
     """Cross-entropy of each next token whose label is not IGNORE_INDEX.

@@ -39,7 +39,7 @@ from gritkit.training.data import (BatchPlan, GenerativeExample, IGNORE_INDEX, R
                                    tokenize_generative)
 from gritkit.training.accumulation import StepBackward
 from gritkit.training.gradcache import gradcache_backward, split_batch
-from gritkit.training.losses import info_nce_loss, next_token_loss
+from gritkit.training.losses import cosent_loss, info_nce_loss, next_token_loss
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
@@ -132,6 +132,7 @@ class TrainingStep:
         self.embedding_plan = self.generative_plan = self.rag_plan = None
         self.grouped_sources = {name for name, examples in (embedding_data or {}).items()
                                 if any(example.group is not None for example in examples)}
+        self.scored_sources = {name for name, examples in (embedding_data or {}).items() if examples[0].score is not None}
         if embedding_data:
             sizes = {name: len(examples) for name, examples in embedding_data.items()}
             self.embedding_plan = BatchPlan(sizes, config.embedding_batch_size * self.world_size, config.seed)
@@ -170,16 +171,18 @@ class TrainingStep:
         return metrics
 
     def embedding_backward(self, step: int, final: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """InfoNCE over this process's rows (GradCache chunks when configured); ``final``: this stream ends the step."""
+        """InfoNCE (CoSENT for graded pairs) over this process's rows, in GradCache chunks when configured;
+        ``final``: this stream ends the step."""
         config = self.config
         source, indices = self.embedding_plan.batch(step)
         examples = self.embedding_data[source]
+        scored = source in self.scored_sources
         queries, passages, groups = [], [], []
         local = local_slice(indices, self.rank, self.world_size)
         for index in local:
             rng = np.random.default_rng([config.seed, step, index])  # same choice whatever the process count
             queries.append(examples[index].query)
-            passages += passage_group(examples[index], examples, config.num_negatives, rng)
+            passages += passage_group(examples[index], examples, 0 if scored else config.num_negatives, rng)
             groups.append(examples[index].group)
         query_batch = self.grit.tokenize_for_embedding([t for _, t in queries], [i for i, _ in queries],
                                                        max_length=config.query_max_length)
@@ -191,9 +194,17 @@ class TrainingStep:
         group_ids = group_tensor(groups, local, self.accelerator.device) if source in self.grouped_sources else None
         found: dict[str, torch.Tensor] = {}
 
+        pair_scores = (torch.tensor([examples[i].score for i in local], device=self.accelerator.device)
+                       if scored else None)
+
         def loss_fn(query_embeddings: torch.Tensor, passage_embeddings: torch.Tensor) -> torch.Tensor:
-            loss, found["scores"] = info_nce_loss(query_embeddings, passage_embeddings, temperature=config.temperature,
-                                                  gather_across_processes=gather, groups=group_ids)
+            if scored:
+                loss, found["scores"] = cosent_loss(query_embeddings, passage_embeddings, pair_scores,
+                                                    scale=config.cosent_scale, gather_across_processes=gather)
+            else:
+                loss, found["scores"] = info_nce_loss(query_embeddings, passage_embeddings,
+                                                      temperature=config.temperature,
+                                                      gather_across_processes=gather, groups=group_ids)
             found["loss"] = loss.detach()
             # Every process holds the same global loss but gets gradients for its own rows only;
             # scaling by the world size undoes the data-parallel gradient average.
