@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from gritkit.training import TrainingConfig, train
+from gritkit.training.data import BatchPlan, local_slice
 
 WORKER = """
 import json, os, sys, torch
@@ -32,18 +33,29 @@ from gritkit.training import TrainingConfig, train
 
 from torch.nn.parallel import DistributedDataParallel
 
+from safetensors.torch import save_file
+
 wrapped, backwards = [], []  # per backward: (accelerate's sync_gradients, DDP's require_backward_grad_sync)
-real_init, real_backward = DistributedDataParallel.__init__, Accelerator.backward
+first_gradients = {}  # the (all-reduced) gradient each trained parameter has at the first optimizer step
+real_init, real_backward, real_step = DistributedDataParallel.__init__, Accelerator.backward, torch.optim.AdamW.step
 def recording_init(ddp, *args, **kwargs):
     real_init(ddp, *args, **kwargs)
     wrapped.append(ddp)
 def recording_backward(accelerator, loss, **kwargs):
-    backwards.append((accelerator.sync_gradients, wrapped[0].require_backward_grad_sync))
+    backwards.append((accelerator.sync_gradients, wrapped[0].require_backward_grad_sync if wrapped else None))
     real_backward(accelerator, loss, **kwargs)
+def recording_step(optimizer, *args, **kwargs):
+    if not first_gradients:
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        first_gradients.update({str(i): p.grad.detach().clone() for i, p in enumerate(parameters) if p.grad is not None})
+    return real_step(optimizer, *args, **kwargs)
 DistributedDataParallel.__init__, Accelerator.backward = recording_init, recording_backward
+torch.optim.AdamW.step = recording_step
 
 history = train(TrainingConfig.from_dict(json.loads(sys.argv[1])))
-with open(sys.argv[2] + f".rank{os.environ['RANK']}.json", "w") as file:
+rank = os.environ.get("RANK", "0")
+save_file(first_gradients, sys.argv[2] + f".rank{rank}.gradients.safetensors")
+with open(sys.argv[2] + f".rank{rank}.json", "w") as file:
     json.dump({"history": history, "backwards": backwards}, file)
 """
 
@@ -77,15 +89,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_two_processes(folder: Path, two: TrainingConfig) -> tuple[dict, dict]:
+def run_processes(folder: Path, config: TrainingConfig, processes: int = 2) -> list[dict]:
+    """Train in ``processes`` gloo processes (torchrun; a plain process for 1); per rank: history,
+    backwards and ``gradients`` (the gradients at the first optimizer step, in optimizer order)."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(port)}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    prefix = folder / f"{Path(two.output_dir).name}.record"
-    result = subprocess.run([*torchrun, str(folder / "worker.py"), json.dumps(two.to_dict()), str(prefix)],
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
+    prefix = folder / f"{Path(config.output_dir).name}.record"
+    result = subprocess.run([*launcher, str(folder / "worker.py"), json.dumps(config.to_dict()), str(prefix)],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return tuple(json.loads(Path(f"{prefix}.rank{rank}.json").read_text()) for rank in (0, 1))
+    return [{**json.loads(Path(f"{prefix}.rank{rank}.json").read_text()),
+             "gradients": load_file(f"{prefix}.rank{rank}.gradients.safetensors")} for rank in range(processes)]
+
+
+def run_two_processes(folder: Path, two: TrainingConfig) -> tuple[dict, dict]:
+    return tuple(run_processes(folder, two, 2))
 
 
 def test_two_processes_agree_and_match_one_process_with_the_global_batch(setup):
@@ -127,3 +148,36 @@ def test_ddp_with_gradcache_chunks_trains_like_one_process_with_the_full_batch(s
         assert len(backwards) == steps * per_step
         for start in range(0, len(backwards), per_step):
             assert backwards[start:start + per_step] == [(False, False)] * (per_step - 1) + [(True, True)]
+
+
+def test_grouped_rows_under_ddp_with_gradcache_get_the_gradients_of_one_process(setup):
+    """``group`` masking of gathered positives: same loss and same gradients as one process.
+
+    Gradients, not weights after AdamW: its first update is ``lr * g / (|g| + eps)`` with eps=1e-8, so
+    a gradient element of 5.7e-9 that float summation order moves by 3e-10 (1 and 2 processes add the
+    batch's rows in different orders) moves its weight by 1e-5, 1% of the learning rate, with or
+    without groups. Gradients are compared to 1e-6 of the largest one.
+    """
+    with open(setup / "grouped.jsonl", "w") as file:
+        for i in range(16):
+            file.write(json.dumps({"query": f"question {i} about topic {i % 5}", "positive": f"answer {i} on topic {i % 5}",
+                                   "negatives": [f"off-topic text {i}"], "query_instruction": "Retrieve the answer",
+                                   "group": f"intent {i % 2}"}) + "\n")
+    grouped = dict(embedding_data=[str(setup / "grouped.jsonl")], mode="embedding", max_steps=1)
+    one = config(setup, "grouped-one", 1, **grouped)
+    # the step's 4 queries hold a same-group pair split across the 2 processes, so masking needs the gathered ids
+    _, indices = BatchPlan({"grouped": 16}, 4, one.seed).batch(0)
+    rank_groups = [{i % 2 for i in local_slice(indices, rank, 2)} for rank in (0, 1)]
+    assert rank_groups[0] & rank_groups[1]
+
+    (single,) = run_processes(setup, one, 1)
+    rank0, rank1 = run_processes(setup, config(setup, "grouped-two", 2, gradcache_chunk_size=1, **grouped))
+    assert rank0["history"][0]["loss"] == rank1["history"][0]["loss"]
+    assert rank0["history"][0]["loss_embedding"] == pytest.approx(single["history"][0]["loss_embedding"], rel=1e-6)
+    expected = single["gradients"]
+    largest = max(gradient.abs().max().item() for gradient in expected.values())
+    for record in (rank0, rank1):
+        assert record["gradients"].keys() == expected.keys()
+        for index, gradient in expected.items():
+            torch.testing.assert_close(record["gradients"][index], gradient, rtol=1e-4, atol=1e-6 * largest,
+                                       msg=f"parameter {index}")
