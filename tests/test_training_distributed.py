@@ -35,6 +35,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from safetensors.torch import save_file
 
+if os.environ.get("FSDP_ON_CPU") == "1":
+    # accelerate 1.15 turns ACCELERATE_USE_FSDP into FSDP only for GPU-like devices (accelerate/state.py,
+    # AcceleratorState.__init__); on CPU it stays MULTI_CPU. Do what it does there for GPUs, with the
+    # device FSDP accepts as device_id on CPU ("cpu", not accelerate's "cpu:0").
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+    real_state_init = AcceleratorState.__init__
+    def fsdp_on_cpu(state, *args, fsdp_plugin=None, **kwargs):
+        real_state_init(state, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and state.distributed_type == DistributedType.MULTI_CPU:
+            state.fsdp_plugin = fsdp_plugin
+            for shared in (state.__dict__, PartialState._shared_state):
+                shared.update(distributed_type=DistributedType.FSDP, device=torch.device("cpu"))
+    AcceleratorState.__init__ = fsdp_on_cpu
+
 wrapped, backwards = [], []  # per backward: (accelerate's sync_gradients, DDP's require_backward_grad_sync)
 first_gradients = {}  # the (all-reduced) gradient each trained parameter has at the first optimizer step
 real_init, real_backward, real_step = DistributedDataParallel.__init__, Accelerator.backward, torch.optim.AdamW.step
@@ -44,10 +59,12 @@ def recording_init(ddp, *args, **kwargs):
 def recording_backward(accelerator, loss, **kwargs):
     backwards.append((accelerator.sync_gradients, wrapped[0].require_backward_grad_sync if wrapped else None))
     real_backward(accelerator, loss, **kwargs)
+def full(tensor):  # FSDP2 shards gradients as DTensors
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 def recording_step(optimizer, *args, **kwargs):
     if not first_gradients:
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        first_gradients.update({str(i): p.grad.detach().clone() for i, p in enumerate(parameters) if p.grad is not None})
+        first_gradients.update({str(i): full(p.grad.detach()).clone() for i, p in enumerate(parameters) if p.grad is not None})
     return real_step(optimizer, *args, **kwargs)
 DistributedDataParallel.__init__, Accelerator.backward = recording_init, recording_backward
 torch.optim.AdamW.step = recording_step
@@ -89,11 +106,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_processes(folder: Path, config: TrainingConfig, processes: int = 2) -> list[dict]:
+# what `accelerate launch --config_file recipes/accelerate/fsdp.yaml` sets, with FSDP2 (see test_fsdp_... below)
+FSDP_ENV = {"FSDP_ON_CPU": "1", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_USE_ORIG_PARAMS": "true",
+            "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer",
+            "FSDP_SHARDING_STRATEGY": "FULL_SHARD", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+
+
+def run_processes(folder: Path, config: TrainingConfig, processes: int = 2, env: dict | None = None) -> list[dict]:
     """Train in ``processes`` gloo processes (torchrun; a plain process for 1); per rank: history,
     backwards and ``gradients`` (the gradients at the first optimizer step, in optimizer order)."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(port)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(port), **(env or {})}
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
@@ -181,3 +204,37 @@ def test_grouped_rows_under_ddp_with_gradcache_get_the_gradients_of_one_process(
         for index, gradient in expected.items():
             torch.testing.assert_close(record["gradients"][index], gradient, rtol=1e-4, atol=1e-6 * largest,
                                        msg=f"parameter {index}")
+
+
+def test_fsdp2_on_cpu_trains_lora_like_one_process_and_saves_merged_full_weights(setup):
+    """FSDP2 (``fully_shard``) over 2 gloo processes, LoRA, GradCache and generative chunks of 1.
+
+    accelerate refuses FSDP on CPU (the worker lifts that one gate, see FSDP_ON_CPU); torch 2.13 runs
+    it. FSDP1 trains too, but accelerate's full-state-dict gather (``offload_to_cpu=True``) segfaults
+    on CPU, so the final save is only proven for FSDP2. ``lora_dropout: 0``: dropout masks depend on a
+    row's place in the batch, so with dropout no two layouts train alike (DDP neither).
+    """
+    lora = dict(lora=True, lora_dropout=0.0, merge_lora=True, max_steps=2)
+    (single,) = run_processes(setup, config(setup, "lora-one", 1, **lora), 1)
+    rank0, rank1 = run_processes(setup, config(setup, "lora-fsdp", 2, gradcache_chunk_size=1, generative_chunk_size=1,
+                                                **lora), env=FSDP_ENV)
+    for row0, row1, row in zip(rank0["history"], rank1["history"], single["history"], strict=True):
+        assert row0["loss"] == row1["loss"]
+        for key in ("loss_embedding", "loss_generative"):
+            assert row0[key] == pytest.approx(row[key], rel=1e-4), (row["step"], key)
+    expected = single["gradients"]
+    largest = max(gradient.abs().max().item() for gradient in expected.values())
+    assert rank0["gradients"].keys() == expected.keys()
+    for index, gradient in expected.items():
+        torch.testing.assert_close(rank0["gradients"][index], gradient, rtol=1e-4, atol=1e-6 * largest,
+                                   msg=f"parameter {index}")
+
+    # merge_lora: full (gathered, unsharded) weights with the adapter merged in, like one process's
+    merged, reference = (load_file(setup / name / "model.safetensors") for name in ("lora-fsdp", "lora-one"))
+    base = load_file(setup / "base" / "model.safetensors")
+    assert not (setup / "lora-fsdp" / "adapter_model.safetensors").exists()
+    assert merged.keys() == reference.keys() == base.keys()
+    assert any(not torch.equal(merged[name], base[name]) for name in base)
+    for name in reference:
+        assert merged[name].shape == base[name].shape, name
+        torch.testing.assert_close(merged[name], reference[name], rtol=1e-4, atol=1e-4, msg=name)
