@@ -2,11 +2,12 @@
 
 With dropout off and ``loss_gen_type: token``, two processes with batch B each must train exactly
 like one process with batch 2B: same losses step after step, and the same weights at the end, also
-when each process splits its batch into GradCache and generative chunks.
+when each process splits its batch into GradCache and generative chunks, with InfoNCE groups, and
+under FSDP2 (accelerate's CPU refusal lifted in the worker, see FSDP_ON_CPU).
 
-FSDP is not tested here: accelerate 1.15 only enables FSDP for GPU-like devices (a CPU run with
-``ACCELERATE_USE_FSDP=true`` stays DDP), and DeepSpeed is not installed; the step boundary they
-depend on is tested in tests/test_training.py and below (DDP's own sync flag).
+DeepSpeed is not tested here: accelerate 1.15 only runs it with a GPU-like device (``cpu=True``
+skips it, and without ``cpu`` a machine with no GPU gets no process group); the step boundary it
+depends on is tested in tests/test_training.py and below (sync flags of every backward).
 """
 
 from __future__ import annotations
@@ -222,6 +223,9 @@ def test_fsdp2_on_cpu_trains_lora_like_one_process_and_saves_merged_full_weights
         assert row0["loss"] == row1["loss"]
         for key in ("loss_embedding", "loss_generative"):
             assert row0[key] == pytest.approx(row[key], rel=1e-4), (row["step"], key)
+    per_step = 2 + 4 + 1  # chunks of 1: queries, passages, generative rows; accelerate syncs on the last only
+    for record in (rank0, rank1):
+        assert [sync for sync, _ in record["backwards"]] == ([False] * (per_step - 1) + [True]) * 2
     expected = single["gradients"]
     largest = max(gradient.abs().max().item() for gradient in expected.values())
     assert rank0["gradients"].keys() == expected.keys()
