@@ -405,8 +405,8 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
     accelerator = _make_accelerator(config)
     set_seed(config.seed)
     grit, base_spec = load_for_training(config, accelerator.device)
-    parameters = [p for p in grit.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in grit.model.parameters() if p.requires_grad], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
     # The scheduler is stepped by hand (accelerate's wrapper would step it once per process).
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * config.max_steps),
                               num_training_steps=config.max_steps)
@@ -443,7 +443,9 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
         started = time.perf_counter()
         metrics = step_fn(step)
         if config.max_grad_norm:
-            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+            # the prepared model's parameters, all of them: FSDP2 replaces the parameters by sharded
+            # ones, and accelerate computes the sharded norm only when given exactly model.parameters()
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         lr = scheduler.get_last_lr()[0]  # the rate this step used
         scheduler.step()
