@@ -4,13 +4,17 @@
 # resumes from its newest checkpoint). On 2 CPU cores: ~1 h per stage-2 arm, ~1-2 h of evaluation per model.
 #   recipes/gritsmol_v2.sh              # everything
 #   STEPS="train eval" recipes/gritsmol_v2.sh
+#   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] && source .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_WAIT_POLICY=PASSIVE
-out=results/gritsmol-v2
+out=${OUT:-results/gritsmol-v2}
 threads=${THREADS:-1}
 steps=${STEPS:-"train eval rag report"}
+suites=${SUITES:-"sentence reranking retrieval sts-full msmarco-full generative-100"}
+rag_corpora=${RAG_CORPORA:-tydiqa}
+rag_modes=${RAG_MODES:-"rag_query_first rag_doc_first query doc doc_causal"}
 mkdir -p $out
 
 if [[ $steps == *train* ]]; then
@@ -26,6 +30,7 @@ fi
 
 evaluate() {  # name model suite tasks limit
   local limit=()
+  [[ " $suites " == *" $3 "* ]] || return 0
   [ "$5" != all ] && limit=(--limit "$5")
   [ -f $out/$1-$3.json ] || gritkit eval --model "$2" --name "$1" --tasks "$4" "${limit[@]}" --threads $threads --output $out/$1-$3.json
 }
@@ -51,8 +56,8 @@ fi
 if [[ $steps == *rag* ]]; then
   for entry in "${models[@]}"; do
     set -- $entry
-    [ -f $out/$1-rag.json ] || python benchmarks/rag_quality.py --model "$2" --corpora tydiqa --limit ${RAG_LIMIT:-60} \
-      --modes rag_query_first rag_doc_first query doc doc_causal --threads $threads --output $out/$1-rag.json
+    [ -f $out/$1-rag.json ] || python benchmarks/rag_quality.py --model "$2" --corpora $rag_corpora --limit ${RAG_LIMIT:-60} \
+      --modes $rag_modes --threads $threads --output $out/$1-rag.json
   done
 fi
 if [[ $steps == *report* ]]; then

@@ -19,7 +19,8 @@ from gritkit import GritLM
 from gritkit.cli import app
 from gritkit.results import Record, save_records
 from gritkit.paths import data_dir
-from gritkit.training import DataError, TrainingConfig, gradcache_backward, info_nce_loss, next_token_loss, train
+from gritkit.training import (DataError, TrainingConfig, cosent_loss, gradcache_backward, info_nce_loss, next_token_loss,
+                              train)
 from gritkit.training.data import (IGNORE_INDEX, BatchPlan, GenerativeExample, read_embedding_data,
                                    read_generative_data, tokenize_generative)
 from gritkit.training.gradcache import split_batch
@@ -444,3 +445,63 @@ def test_embedding_rows_may_carry_a_string_group(tmp_path):
     path.write_text(json.dumps({"query": "q", "positive": "p", "group": 3}) + "\n")
     with pytest.raises(DataError, match="group"):
         read_embedding_data([path])
+
+
+# ---------------------------------------------------------------- graded pairs (CoSENT)
+
+def test_cosent_loss_is_the_log_sum_over_every_wrongly_ordered_pair():
+    torch.manual_seed(0)
+    first, second = torch.randn(5, 8, requires_grad=True), torch.randn(5, 8)
+    scores = torch.tensor([4.5, 1.0, 3.0, 1.0, 0.2])
+    loss, similarities = cosent_loss(first, second, scores, scale=20.0)
+    cosines = F.cosine_similarity(first, second, dim=-1) * 20.0
+    terms = [cosines[j] - cosines[i] for i in range(5) for j in range(5) if scores[i] > scores[j]]
+    assert len(terms) == 9  # ties (the two 1.0s) give no term
+    expected = torch.log(1 + torch.exp(torch.stack(terms)).sum())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(similarities.diagonal(), cosines / 20.0)
+    loss.backward()
+    assert first.grad.abs().sum() > 0
+    # cosines in the order of the scores, far apart: almost no loss; in the reverse order: a large one
+    angles = torch.tensor([0.0, 0.8, 1.6, 2.4, 3.1])
+    agreeing, reference = torch.stack([angles.cos(), angles.sin()], 1), torch.tensor([[1.0, 0.0]]).expand(5, 2)
+    low, _ = cosent_loss(agreeing, reference, torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0]), scale=20.0)
+    high, _ = cosent_loss(agreeing, reference, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), scale=20.0)
+    assert low.item() < 0.05 < 5 < high.item()
+
+
+def test_a_source_is_either_all_scored_or_unscored(tmp_path):
+    path = write_jsonl(tmp_path / "sts.jsonl", [{"query": "a", "positive": "b", "score": 4.2},
+                                                 {"query": "c", "positive": "d", "score": 1}])
+    assert [e.score for e in read_embedding_data([path])["sts"]] == [4.2, 1]
+    write_jsonl(path, [{"query": "a", "positive": "b", "score": 4.2}, {"query": "c", "positive": "d"}])
+    with pytest.raises(DataError, match="1 of 2 rows have a 'score'"):
+        read_embedding_data([path])
+    write_jsonl(path, [{"query": "a", "positive": "b", "score": "high"}])
+    with pytest.raises(DataError, match=r"sts.jsonl:1: 'score' must be a number"):
+        read_embedding_data([path])
+
+
+def test_scored_source_trains_with_cosent_and_gradcache_gives_the_same_run(tiny_model, data, tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "base")  # no dropout, so both runs draw nothing at random
+    sts = write_jsonl(tmp_path / "sts.jsonl", [{"query": f"sentence {i} about cats", "positive": f"text {i % 3} on dogs",
+                                                "score": float(i % 5)} for i in range(8)])
+    runs = [train(tiny_config(tmp_path / "base", data, tmp_path / f"run{chunk}", embedding_data=[str(sts)], lora_dropout=0.0,
+                              max_steps=2, checkpoint_every=0, gradcache_chunk_size=chunk)) for chunk in (0, 3)]
+    for plain, chunked in zip(*runs):
+        assert plain["contrastive_passages"] == 4  # the positive only: graded pairs have no negatives
+        assert plain["loss_embedding"] == pytest.approx(chunked["loss_embedding"], rel=1e-4)
+    assert all(row["loss_embedding"] > 0 for row in runs[0])
+
+
+@pytest.mark.needs_data
+def test_data_build_stsb_scored_keeps_every_train_pair_with_its_score(tmp_path):
+    from gritkit.training.build import build_training_mix
+
+    counts = build_training_mix(tmp_path, sources=["stsb_scored"])
+    rows = read_embedding_data([tmp_path / "embedding"])["stsb_scored"]
+    assert counts["stsb_scored"] == len(rows) > 5000
+    assert {e.score for e in rows} >= {0.0, 5.0} and all(0 <= e.score <= 5 for e in rows)
+    assert 0.3 < sum(e.query[0] == "" for e in rows) / len(rows) < 0.7  # half without an instruction
+    test_pairs = {(r[0], r[1]) for r in csv.reader((data_dir() / "stsb" / "stsb-en-test.csv").open()) if len(r) == 3}
+    assert not test_pairs & {(e.query[1], e.positives[0][1]) for e in rows}

@@ -12,7 +12,7 @@ import importlib
 # Names load on first use, so the CLI can list ``gritkit train`` without importing torch.
 _EXPORTS = {"TrainingConfig": "config", "DataError": "data", "read_embedding_data": "data",
             "read_generative_data": "data", "RandContext": "gradcache", "gradcache_backward": "gradcache",
-            "info_nce_loss": "losses", "next_token_loss": "losses", "train": "trainer"}
+            "info_nce_loss": "losses", "cosent_loss": "losses", "next_token_loss": "losses", "train": "trainer"}
 __all__ = sorted(_EXPORTS)
 
 
