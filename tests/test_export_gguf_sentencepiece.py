@@ -78,8 +78,7 @@ def source(mistral_dir) -> GritLM:
 
 @pytest.fixture(scope="module")
 def exported(mistral_dir, tmp_path_factory):
-    path = export_gguf(str(mistral_dir), tmp_path_factory.mktemp("gguf") / "tiny-spm.f32.gguf", dtype="f32")
-    return path
+    return export_gguf(str(mistral_dir), tmp_path_factory.mktemp("gguf") / "tiny-spm.f32.gguf", dtype="f32")
 
 
 def source_ids(model: GritLM, text: str) -> list[int]:
@@ -172,3 +171,26 @@ def test_llama_cpp_tokenises_as_the_source_does(source, exported, sentencepiece_
             assert ids[:2] == [1, processor.piece_to_id("▁")] and ids[2:] == source_ids(source, text)[1:], text
         else:
             assert ids == source_ids(source, text), text
+
+
+@needs_llama_cpp
+def test_llama_cpp_keeps_a_legacy_tokenizers_prefix_after_special_tokens(mistral_dir, tmp_path):
+    """A tokenizer saved with legacy=True puts "▁" after a special token written in the text (the
+    chat template's <s>); llama.cpp does the same with the exported file."""
+    from transformers import LlamaTokenizer
+
+    legacy_dir = tmp_path / "legacy"
+    shutil.copytree(mistral_dir, legacy_dir)
+    tokenizer = LlamaTokenizer.from_pretrained(legacy_dir, legacy=True, add_prefix_space=True, add_bos_token=True)
+    tokenizer.save_pretrained(legacy_dir)
+    source = GritLM.from_pretrained(str(legacy_dir), device="cpu")
+    path = export_gguf(str(legacy_dir), tmp_path / "legacy.gguf", dtype="f32")
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for prompt in PROMPTS:
+        messages = [{"role": "user", "content": prompt}]
+        text = source.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = source.prompt_ids(messages)
+        assert ids[1] == tokenizer.convert_tokens_to_ids("▁")  # the legacy prefix after <s>
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
