@@ -194,3 +194,19 @@ def test_llama_cpp_keeps_a_legacy_tokenizers_prefix_after_special_tokens(mistral
         ids = source.prompt_ids(messages)
         assert ids[1] == tokenizer.convert_tokens_to_ids("▁")  # the legacy prefix after <s>
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+
+
+@needs_llama_cpp
+def test_llama_cpp_generates_what_gritkit_generates(source, exported):
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(exported), n_ctx=256, n_threads=1, verbose=False)
+    for prompt in PROMPTS:
+        ids = source.prompt_ids([{"role": "user", "content": prompt}])
+        expected = list(source.generate_ids(ids, max_new_tokens=16))
+        produced = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if token == llm.token_eos() or len(produced) == len(expected):
+                break
+            produced.append(token)
+        assert produced == expected, prompt
