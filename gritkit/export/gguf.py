@@ -172,7 +172,7 @@ def _add_hf_tokenizer_metadata(writer: gguf.GGUFWriter, tokenizer: PreTrainedTok
         sentencepiece = _sentencepiece_pieces(tokenizer, tokens)
         if sentencepiece is not None:  # the model's own scores and types, as llama.cpp's converter takes them
             for index, piece in enumerate(sentencepiece):
-                types[index] = gguf.TokenType(piece.type)
+                types[index] = gguf.TokenType(piece.type)  # SentencePiece numbers its piece types as GGUF does
             scores = [piece.score for piece in sentencepiece] + [-1000.0] * (vocab_size - len(sentencepiece))
         else:
             scores = _scores_from_merges(tokens, merges)
