@@ -7,7 +7,8 @@ Any spec ``GritLM.from_pretrained`` takes works, as long as the decoder is Llama
 mistral). The weights are written under llama.cpp's tensor names, with the query/key rows put
 back in llama.cpp's rotary layout (transformers undoes that layout when it reads a GGUF). The
 tokenizer metadata is copied from the GGUF the model was loaded from (the default, a ``.gguf``
-spec, an adapter on one), otherwise built from the Hugging Face tokenizer (byte-level BPE only).
+spec, an adapter on one), otherwise built from the Hugging Face tokenizer: byte-level BPE (llama.cpp's
+``gpt2`` tokenizer) or SentencePiece BPE with byte fallback (its ``llama`` tokenizer; Llama 2, Mistral).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -152,38 +154,41 @@ def _copy_tokenizer_metadata(writer: gguf.GGUFWriter, source: Path) -> None:
 
 
 def _add_hf_tokenizer_metadata(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
-    """llama.cpp's ``gpt2`` (byte-level BPE) vocabulary from a Hugging Face fast tokenizer."""
+    """llama.cpp's vocabulary from a Hugging Face fast tokenizer: ``gpt2`` for byte-level BPE,
+    ``llama`` for SentencePiece BPE with byte fallback."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = json.loads(backend.to_str()) if backend is not None else {}
-    bpe = spec.get("model") or {}
-    if bpe.get("type") != "BPE" or bpe.get("byte_fallback") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
-        raise GgufExportError("GGUF export builds tokenizer metadata only for byte-level BPE tokenizers "
-                              "(GPT-2, Llama 3, SmolLM style); this one is not")
+    kind = _tokenizer_kind(spec)
     id_to_token = {index: token for token, index in tokenizer.get_vocab().items()}
     if len(id_to_token) > vocab_size:
         raise GgufExportError(f"the tokenizer has {len(id_to_token)} tokens, the model's embedding {vocab_size}")
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for index in range(vocab_size):
-        if index not in id_to_token:  # rows the embedding has but the tokenizer never produces
-            tokens.append(f"[PAD{index}]")
-            types.append(gguf.TokenType.UNUSED)
-            continue
-        tokens.append(id_to_token[index])
-        if index in added:
-            types.append(gguf.TokenType.CONTROL if added[index].special else gguf.TokenType.USER_DEFINED)
+    tokens = [id_to_token.get(index, f"[PAD{index}]") for index in range(vocab_size)]
+    types = [_token_type(tokenizer, id_to_token, index, kind) for index in range(vocab_size)]
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in spec["model"].get("merges", [])]
+    writer.add_tokenizer_model(kind)
+    if kind == "gpt2":
+        writer.add_tokenizer_pre(_pre_tokenizer_name(spec.get("pre_tokenizer")))
+    else:
+        sentencepiece = _sentencepiece_pieces(tokenizer, tokens)
+        if sentencepiece is not None:  # the model's own scores and types, as llama.cpp's converter takes them
+            for index, piece in enumerate(sentencepiece):
+                types[index] = gguf.TokenType(piece.type)  # SentencePiece numbers its piece types as GGUF does
+            scores = [piece.score for piece in sentencepiece] + [-1000.0] * (vocab_size - len(sentencepiece))
         else:
-            types.append(gguf.TokenType.NORMAL)
-    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in bpe.get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(spec.get("pre_tokenizer")))
+            scores = _scores_from_merges(tokens, merges)
+        writer.add_token_scores(scores)
+        # Whether text gets SentencePiece's leading "▁", read off the tokenizer's behaviour.
+        first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"])[0]
+        writer.add_add_space_prefix(first.startswith("▁"))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
+    # llama.cpp's SentencePiece tokenizer merges by score; the merges let transformers' GGUF reader
+    # rebuild the tokenizer exactly instead of deriving merges from the scores.
     writer.add_token_merges(merges)
-    for kind in ("bos", "eos", "unk", "pad"):
-        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+    for kind_name in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{kind_name}_token_id", None)
         if token_id is not None:
-            getattr(writer, f"add_{kind}_token_id")(token_id)
+            getattr(writer, f"add_{kind_name}_token_id")(token_id)
     # Whether the tokenizer adds BOS/EOS, read off its behaviour rather than its many config flags.
     with_specials = tokenizer("a", add_special_tokens=True)["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -191,6 +196,95 @@ def _add_hf_tokenizer_metadata(writer: gguf.GGUFWriter, tokenizer: PreTrainedTok
     writer.add_add_eos_token(len(with_specials) > len(plain) and with_specials[-1] == tokenizer.eos_token_id)
     if isinstance(tokenizer.chat_template, str):
         writer.add_chat_template(tokenizer.chat_template)
+
+
+TokenizerKind = Literal["gpt2", "llama"]
+SUPPORTED_TOKENIZERS = ("byte-level BPE (GPT-2, Llama 3, SmolLM2) and SentencePiece BPE with byte fallback "
+                        "(Llama 2, Mistral 7B, GritLM-7B)")
+
+
+def _tokenizer_kind(spec: dict) -> TokenizerKind:
+    """llama.cpp's tokenizer model for a ``tokenizer.json``: ``gpt2`` or ``llama`` (SentencePiece)."""
+    model = spec.get("model") or {}
+    decoders = _step_types(spec.get("decoder"))
+    if model.get("type") == "BPE" and not model.get("byte_fallback") and decoders == ["ByteLevel"]:
+        return "gpt2"
+    uses_metaspace = "Metaspace" in _step_types(spec.get("pre_tokenizer")) or any(
+        step.get("type") == "Replace" and step.get("content") == "▁" for step in _steps(spec.get("normalizer")))
+    if model.get("type") == "BPE" and model.get("byte_fallback") and uses_metaspace:
+        return "llama"
+    if model.get("type") == "Unigram":
+        found = ("a Unigram model (llama.cpp's SentencePiece tokenizer merges pieces by score as BPE does, "
+                 "so it would split text differently)")
+    elif model.get("type"):
+        found = f"a {model['type']} model that is neither"
+    else:
+        found = "not a fast (tokenizers) tokenizer"
+    raise GgufExportError(f"GGUF export builds tokenizer metadata for {SUPPORTED_TOKENIZERS}; this one is {found}")
+
+
+def _steps(component: dict | None) -> list[dict]:
+    """The steps of a tokenizer.json component (normalizer, pre-tokenizer, decoder), sequence or not."""
+    if not component:
+        return []
+    nested = component.get("normalizers") or component.get("pretokenizers") or component.get("decoders")
+    return [step for part in nested for step in _steps(part)] if nested else [component]
+
+
+def _step_types(component: dict | None) -> list[str]:
+    return [step.get("type") for step in _steps(component)]
+
+
+def _token_type(tokenizer: PreTrainedTokenizerBase, id_to_token: dict[int, str], index: int,
+                kind: TokenizerKind) -> gguf.TokenType:
+    if index not in id_to_token:  # rows the embedding has but the tokenizer never produces
+        return gguf.TokenType.UNUSED
+    if kind == "llama" and index == tokenizer.unk_token_id:
+        return gguf.TokenType.UNKNOWN
+    if kind == "llama" and _BYTE_PIECE.fullmatch(id_to_token[index]):
+        return gguf.TokenType.BYTE
+    added = tokenizer.added_tokens_decoder
+    if index in added:
+        return gguf.TokenType.CONTROL if added[index].special else gguf.TokenType.USER_DEFINED
+    return gguf.TokenType.NORMAL
+
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+def _sentencepiece_pieces(tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> list | None:
+    """The pieces (text, score, type) of the tokenizer's own SentencePiece BPE model, if it has one
+    beside it that spells the same vocabulary and the ``sentencepiece`` package can read it."""
+    candidates = [getattr(tokenizer, "vocab_file", None), Path(tokenizer.name_or_path or ".") / "tokenizer.model"]
+    path = next((Path(candidate) for candidate in candidates if candidate and Path(candidate).is_file()), None)
+    if path is None:
+        return None
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        logger.info("sentencepiece is not installed: token scores come from tokenizer.json's merges")
+        return None
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(path.read_bytes())
+    pieces = list(model.pieces)
+    if model.trainer_spec.model_type != model.trainer_spec.BPE or [piece.piece for piece in pieces] != tokens[:len(pieces)]:
+        logger.warning("%s is not a BPE model of this tokenizer's vocabulary: token scores come from "
+                       "tokenizer.json's merges", path)
+        return None
+    return pieces
+
+
+def _scores_from_merges(tokens: list[str], merges: list[str]) -> list[float]:
+    """SentencePiece-style scores from BPE merge ranks: the earlier a token is merged, the higher.
+
+    llama.cpp's SentencePiece tokenizer repeatedly joins the adjacent pair whose joined text has the
+    highest score, which is BPE's lowest merge rank when each token scores minus its first merge's rank.
+    """
+    rank: dict[str, int] = {}
+    for position, merge in enumerate(merges):
+        rank.setdefault(merge.replace(" ", ""), position)
+    never_merged = -float(len(merges) + 1)
+    return [-float(rank[token]) if token in rank else never_merged for token in tokens]
 
 
 _LLAMA3_PATTERN_START = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"
