@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Re-measure, one after another, every record behind the README's "Core benchmarks" table and every
-# record tests/test_provenance.py still allows without provenance, each with its documented command
+# Re-measure, one after another, every record behind the README's "Core benchmarks" table, every
+# record tests/test_provenance.py still allows without provenance, and the CLI start-up figures, each with its documented command
 # and threads, so that each record states a clean commit. Run it on an idle machine (hours on 2 cores).
 #
 #   benchmarks/refresh.sh                          # all of them
@@ -27,6 +27,7 @@ mkdir -p "$out"
 
 # name|command (threads as each page documents them; the scripts that take --threads set their own)
 steps=(
+    "cli_startup|$python benchmarks/cli_startup.py"
     "embed_throughput|OMP_NUM_THREADS=1 $python benchmarks/embed_throughput.py --texts 128 --repeats 2"
     "generate_speed|OMP_NUM_THREADS=1 $python benchmarks/generate_speed.py --new-tokens 64 --repeats 3"
     "generate_speed_llamacpp|$python benchmarks/generate_speed.py --llamacpp-backend --new-tokens 128 --repeats 2"
