@@ -93,7 +93,10 @@ def _run(queue, args) -> None:
 
 
 def main() -> None:
-    from common import write_results  # here: spawned workers re-import this module and must not load torch early
+    # Imported here, not at the top: the spawned workers re-import this module and must not load torch early.
+    import torch
+
+    from common import write_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
@@ -103,6 +106,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--output", default="benchmarks/results/gradcache_memory.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # as the workers do, so that the record's provenance states their threads
 
     context = multiprocessing.get_context("spawn")
     rows = []
