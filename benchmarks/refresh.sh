@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-measure, one after another, every record behind the README's "Core benchmarks" table, every
-# record tests/test_provenance.py still allows without provenance, and the CLI start-up figures, each with its documented command
-# and threads, so that each record states a clean commit. Run it on an idle machine (hours on 2 cores).
+# record tests/test_provenance.py still allows without provenance, and the CLI start-up figures,
+# each with its documented command and threads, so that each record states a clean commit.
+# Run it on an idle machine (hours on 2 cores).
 #
 #   benchmarks/refresh.sh                          # all of them
 #   benchmarks/refresh.sh embed_throughput serve_load   # only these steps (names below)
@@ -25,7 +26,8 @@ out=${GRITKIT_BENCHMARK_RESULTS:-benchmarks/results}
 export GRITKIT_BENCHMARK_RESULTS=$out HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$out"
 
-# name|command (threads as each page documents them; the scripts that take --threads set their own)
+# name|command (threads as each page documents them; the scripts that take --threads set their own).
+# index_build writes index_build.json and index_search_hnsw.json.
 steps=(
     "cli_startup|$python benchmarks/cli_startup.py"
     "embed_throughput|OMP_NUM_THREADS=1 $python benchmarks/embed_throughput.py --texts 128 --repeats 2"

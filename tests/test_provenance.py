@@ -147,3 +147,9 @@ def test_readme_core_benchmarks_table_is_printed_from_its_records():
     """Every row of the Core benchmarks table is what benchmarks/core_table.py prints from the records."""
     expected = core_table().markdown().splitlines()
     assert table_in("README.md", expected[0]) == expected
+
+
+def test_refresh_script_reruns_every_core_and_re_measure_record():
+    script = (ROOT / "benchmarks" / "refresh.sh").read_text()
+    missing = [name for name in [*core_table().RECORDS, *RE_MEASURE] if name.removesuffix(".json") not in script]
+    assert not missing, f"benchmarks/refresh.sh has no step for {missing}"
