@@ -21,7 +21,8 @@ import torch
 
 from gritkit.paths import data_dir
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Where report() writes; GRITKIT_BENCHMARK_RESULTS points a trial run elsewhere than the committed records.
+RESULTS_DIR = Path(os.environ.get("GRITKIT_BENCHMARK_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def best_of(function: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -47,15 +48,33 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    """Provenance of a result: commit (and whether the tree was clean), command, CPU, threads, date."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+    """Provenance of a result: commit (and whether the tree was clean), command, CPU, threads, date.
 
-    return {"machine": cpu_model(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    Records already written under benchmarks/results do not make the tree dirty, so a run of several
+    benchmarks one after another (benchmarks/refresh.sh) stays clean.
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD"),
-            "clean": not git("status", "--porcelain", "--untracked-files=no"),
+            "clean": not git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                               ":(top,exclude)benchmarks/results"),
             "command": shlex.join([Path(sys.executable).name, *sys.argv]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_results(path: Path, record: dict) -> Path:
+    """Write ``record`` as JSON to ``path``, with this run's :func:`machine` facts under ``provenance``.
+
+    Written to a temporary file first, so a killed run never leaves half a record.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps({**record, "provenance": machine()}, indent=2) + "\n")
+    temporary.replace(path)
+    return path
 
 
 def medquad_texts(limit: int) -> list[str]:
@@ -72,7 +91,7 @@ def medquad_texts(limit: int) -> list[str]:
 
 
 def report(name: str, rows: list[dict], extra: dict | None = None) -> Path:
-    """Print ``rows`` as a table and write them (with machine facts) to benchmarks/results/<name>.json."""
+    """Print ``rows`` as a table and write them (with provenance) to benchmarks/results/<name>.json."""
     from rich.console import Console
     from rich.table import Table
 
@@ -82,9 +101,7 @@ def report(name: str, rows: list[dict], extra: dict | None = None) -> Path:
     for row in rows:
         table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
     Console().print(table)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps({"rows": rows, **(extra or {}), **machine()}, indent=2))
+    path = write_results(RESULTS_DIR / f"{name}.json", {"rows": rows, **(extra or {})})
     print(f"wrote {path}")
     return path
 

@@ -16,7 +16,6 @@ Prints a table and writes benchmarks/results/compact_embeddings.json (with commi
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,9 +105,7 @@ def main() -> None:
     report("compact_embeddings", rows, {
         "model": args.model, "max_length": args.max_length,
         "examples": {task: score.n for task, score in scores.items()},
-        "msmarco_corpus": scores["msmarco"].extra.get("corpus_size") if "msmarco" in scores else None,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        "msmarco_corpus": scores["msmarco"].extra.get("corpus_size") if "msmarco" in scores else None})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ time per example stays under 1.3x the one-pass time.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -94,6 +93,11 @@ def _run(queue, args) -> None:
 
 
 def main() -> None:
+    # Imported here, not at the top: the spawned workers re-import this module and must not load torch early.
+    import torch
+
+    from common import write_results
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--sizes", default="64,128,256,512,1024", help="comma-separated contrastive batch sizes (queries)")
@@ -102,6 +106,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--output", default="benchmarks/results/gradcache_memory.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # as the workers do, so that the record's provenance states their threads
 
     context = multiprocessing.get_context("spawn")
     rows = []
@@ -119,10 +124,7 @@ def main() -> None:
                 print(f"{size:>6} {method:>10} {row['peak_extra_mib']:>15.1f} {row['ms_per_example']:>11.2f} {row['step_s']:>8.2f}")
             else:
                 print(f"{size:>6} {method:>10} {'OOM' if row.get('oom') else 'failed':>15}")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    print(f"wrote {output}")
+    print(f"wrote {write_results(Path(args.output), {'args': vars(args), 'rows': rows})}")
 
 
 if __name__ == "__main__":

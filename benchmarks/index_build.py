@@ -13,10 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,13 +118,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    extra = {"command": "python " + shlex.join(["benchmarks/index_build.py", *sys.argv[1:]]),
-             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if not args.skip_build:
         with tempfile.TemporaryDirectory() as folder:
-            report("index_build", build_rows(squad_paragraphs(args.docs), args.workers, Path(folder)), extra)
+            report("index_build", build_rows(squad_paragraphs(args.docs), args.workers, Path(folder)))
     dim = 576  # the default model's embedding size
-    report("index_search_hnsw", search_rows(args.vectors, dim, args.queries, args.ef_search), extra)
+    report("index_search_hnsw", search_rows(args.vectors, dim, args.queries, args.ef_search))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Prints markdown tables, writes JSON and a PNG of latency against length.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from common import write_results  # noqa: E402
 from gritkit import GritLM  # noqa: E402
 from gritkit.eval.metrics import normalize_answer  # noqa: E402
 from gritkit.eval.tasks.tydiqa import load_squad  # noqa: E402
@@ -215,8 +215,7 @@ def main() -> None:
     if args.limit:
         results["quality"] = run_quality(model, args.tydiqa_split, args.limit, args.corpus_size, args.max_new_tokens,
                                          args.answer_prefix)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+    write_results(args.output, results)
     print(markdown(results))
     if "latency" in results:
         plot(results["latency"], args.output.with_suffix(".png"))

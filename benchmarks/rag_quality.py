@@ -12,7 +12,6 @@ of its weights) and every answer is saved there as it is made, so a killed run r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from common import machine  # noqa: E402
+from common import write_results  # noqa: E402
 from gritkit import GritLM  # noqa: E402
 from gritkit.eval.data import subset  # noqa: E402
 from gritkit.eval.tasks import rag_qa  # noqa: E402
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> dict:
     key = f"{rag_qa.safe_name(args.model)}-{rag_qa.model_fingerprint(model)}"
     results = {"config": {**vars(args), "output": str(args.output), "work_dir": str(args.work_dir), "model_key": key,
                           "threads": torch.get_num_threads(), "device": str(model.device)},
-               "provenance": machine(), "corpora": {}}
+               "corpora": {}}
     for name in args.corpora:
         corpus = rag_qa.load_corpus(name, squad_sample=args.squad_sample)
         corpus.questions = subset(corpus.questions, args.limit, seed=1) if args.limit else corpus.questions
@@ -62,16 +61,9 @@ def run(args: argparse.Namespace) -> dict:
                 entry["modes"][mode.name]["identical_to_" + reference] = rag_qa.identical_share(
                     rows, answered[reference], sorted(ids))
             results["corpora"][name] = entry
-            write(results, args.output)  # the summary so far, after every mode
+            write_results(args.output, results)  # the summary so far, after every mode
         index.close()
     return results
-
-
-def write(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=2) + "\n")
-    temporary.replace(path)
 
 
 def markdown(results: dict) -> str:
@@ -117,7 +109,7 @@ def main() -> None:
     results = run(args)
     table = markdown(results)
     results["markdown"] = table
-    write(results, args.output)
+    write_results(args.output, results)
     print(table)
     print(f"\nwrote {args.output}")
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import os
 import signal
 import socket
 import statistics
@@ -258,17 +256,7 @@ def main() -> None:
 
     errors = sum(status >= 500 for status in STATUSES)
     row("whole run", "5xx responses", errors, f"0 of {len(STATUSES)}", errors == 0)
-    report("serve_abuse", rows, {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                                 "cpu": platform_cpu(), "cpu_count": os.cpu_count(), "server_errors": SERVER_ERRORS})
-
-
-def platform_cpu() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return ""
+    report("serve_abuse", rows, {"server_errors": SERVER_ERRORS})
 
 
 if __name__ == "__main__":

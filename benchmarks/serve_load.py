@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import random
@@ -31,7 +30,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import launched_server  # noqa: E402
+from common import launched_server, write_results  # noqa: E402
 
 TOPICS = ["the weather", "a football match", "protein folding", "the stock market", "medieval castles",
           "quantum computing", "a recipe for bread", "the history of Rome", "electric cars", "jazz music"]
@@ -155,9 +154,8 @@ async def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "serve_load.json")
     args = parser.parse_args()
 
-    report: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "clients": args.clients,
-                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                "load_average_before": os.getloadavg()}}
+    report: dict = {"clients": args.clients,
+                    "system": {"platform": platform.platform(), "load_average_before": os.getloadavg()}}
     run = dict(clients=args.clients, max_tokens=args.max_tokens, grace=args.grace)
     with contextlib.ExitStack() as stack:
         url = args.url or stack.enter_context(launched_server("--model", args.model))[1]
@@ -176,10 +174,9 @@ async def main() -> None:
                                                                  chat_fraction=0, seed=1, drain=False, **run))
         report["batched_vs_one_by_one"] = (report["embeddings_batched"]["requests_per_s"]
                                            / report["embeddings_one_by_one"]["requests_per_s"])
-    report["machine"]["load_average_after"] = os.getloadavg()
+    report["system"]["load_average_after"] = os.getloadavg()
     print_table(report)
-    args.output.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.output}")
+    print(f"\nwrote {write_results(args.output, report)}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ wrote; editing a figure by hand, or re-running an evaluation without updating th
 
 from __future__ import annotations
 
+import datetime
+import importlib.util
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +70,86 @@ def test_gritsmol_v2_tables_match_their_results_files():
     readme = (ROOT / "README.md").read_text().splitlines()
     missing = [line for line in tables if line not in readme]
     assert not missing, f"README's gritsmol v2 tables differ from the results files: {missing[:3]}"
+
+
+# ---- benchmark records: every cited record states where, when and how it was measured ----
+
+BENCHMARK_RESULTS = ROOT / "benchmarks" / "results"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+CITATION = re.compile(r"benchmarks/results/([\w.*-]+\.json)")
+
+# Cited records measured before provenance was recorded, or not at a clean commit: each must be
+# re-measured at a clean commit (benchmarks/refresh.sh), then leave this list. Nothing else may join it.
+RE_MEASURE = {name: "re-measure at a clean commit" for name in (
+    "compact_embeddings.json", "embed_throughput.json", "generate_speed.json", "gguf_speed.json",
+    "gradcache_memory_cpu.json", "index_build.json", "index_search_hnsw.json", "rag_latency.json",
+    "rag_quality.json", "serve_abuse.json", "serve_load.json")}
+
+
+def core_table():
+    """benchmarks/core_table.py, the script that prints the README's Core benchmarks table."""
+    spec = importlib.util.spec_from_file_location("core_table", ROOT / "benchmarks" / "core_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cited_records() -> dict[str, str]:
+    """Every benchmark record a page cites (name -> first page): by path outside code blocks, the
+    records a documented command writes that exist, and the Core benchmarks table's sources."""
+    cited = {name: "README.md Core benchmarks" for name in core_table().RECORDS}
+    for page in PAGES:
+        in_code = False
+        for line in page.read_text().splitlines():
+            in_code ^= line.lstrip().startswith("```")
+            for pattern in CITATION.findall(line):
+                names = [path.name for path in sorted(BENCHMARK_RESULTS.glob(pattern))]
+                assert names or in_code, f"{page.name} cites {pattern}, which does not exist"
+                for name in names:
+                    cited.setdefault(name, page.name)
+    return cited
+
+
+def provenance_problems(record: dict) -> list[str]:
+    """What the record's provenance lacks: commit, clean == true, command, CPU model, threads, date."""
+    provenance = record.get("provenance")
+    if not isinstance(provenance, dict):
+        return ["no 'provenance'"]
+    problems = [f"no {key}" for key in ("commit", "command", "cpu", "torch_threads", "date") if not provenance.get(key)]
+    if provenance.get("clean") is not True:
+        problems.append("not measured at a clean commit")
+    if provenance.get("date"):
+        try:
+            datetime.datetime.fromisoformat(provenance["date"])
+        except (TypeError, ValueError):
+            problems.append(f"date {provenance['date']!r} is not ISO 8601")
+    return problems
+
+
+def test_pages_cite_benchmark_records():
+    assert {"embed_throughput.json", "cli_startup.json", "serve_load.json"} <= set(cited_records())
+
+
+@pytest.mark.parametrize("name", sorted(cited_records()))
+def test_cited_benchmark_record_has_provenance(name):
+    problems = provenance_problems(json.loads((BENCHMARK_RESULTS / name).read_text()))
+    if name in RE_MEASURE:
+        assert problems, f"{name} now has full provenance: remove it from RE_MEASURE"
+        pytest.skip(f"{name}: {RE_MEASURE[name]} ({', '.join(problems)})")
+    assert not problems, f"{name} (cited by {cited_records()[name]}): {', '.join(problems)}"
+
+
+def test_re_measure_list_names_only_cited_records():
+    assert set(RE_MEASURE) <= set(cited_records())
+
+
+def test_readme_core_benchmarks_table_is_printed_from_its_records():
+    """Every row of the Core benchmarks table is what benchmarks/core_table.py prints from the records."""
+    expected = core_table().markdown().splitlines()
+    assert table_in("README.md", expected[0]) == expected
+
+
+def test_refresh_script_reruns_every_core_and_re_measure_record():
+    script = (ROOT / "benchmarks" / "refresh.sh").read_text()
+    missing = [name for name in [*core_table().RECORDS, *RE_MEASURE] if name.removesuffix(".json") not in script]
+    assert not missing, f"benchmarks/refresh.sh has no step for {missing}"
