@@ -114,6 +114,12 @@ def test_every_named_task_has_data_and_instructions():
 def test_sts_and_pair_classification(tmp_path):
     path = write(tmp_path / "pairs.csv", "a b,a b,5\na b,a c,2.5\na b,c d,0\n")  # cosines 1, 1/2, 0
     assert sts.evaluate(BagOfWords(), path).value == pytest.approx(1.0)
+    # a pair the training split holds (here in the other order) is left out of spearman_unseen only
+    mixed = write(tmp_path / "mixed.csv", "a b,a b,0\na b,a c,2.5\na b,c d,5\nc d,c e,1\n")  # cosines 1, .5, 0, .5
+    seen = write(tmp_path / "train.csv", "c d,a b,4\n")
+    score = sts.evaluate(BagOfWords(), mixed, seen_path=seen)
+    assert score.n == 4 and score.extra["n_unseen"] == 3
+    assert score.value == pytest.approx(-0.9487, abs=1e-3) and score.extra["spearman_unseen"] == pytest.approx(-1.0)
     labelled = write(tmp_path / "pairs.jsonl", "\n".join(json.dumps({"sentence1": a, "sentence2": b, "label": y}) for a, b, y in
                      [("a b", "a b", 1), ("a b", "a c", 0), ("a b", "c d", 0), ("x y", "x z", 1)]))
     score = pair_classification.evaluate(BagOfWords(), labelled)

@@ -165,8 +165,13 @@ def nli(root: Path, rng: random.Random) -> list[dict]:
 
 
 def _stsb_train(root: Path) -> list[list[str]]:
-    with open(root / "stsb" / "stsb-en-train.csv", newline="", encoding="utf-8") as file:
-        return [row for row in csv.reader(file) if len(row) == 3]
+    """STS-B train rows (sentence1, sentence2, score) less the 17 pairs its test split repeats."""
+    def rows(split: str) -> list[list[str]]:
+        with open(root / "stsb" / f"stsb-en-{split}.csv", newline="", encoding="utf-8") as file:
+            return [row for row in csv.reader(file) if len(row) == 3]
+
+    held_out = {pair for first, second, _ in rows("test") for pair in ((first, second), (second, first))}
+    return [row for row in rows("train") if (row[0], row[1]) not in held_out]
 
 
 def stsb_scored(root: Path, rng: random.Random) -> list[dict]:

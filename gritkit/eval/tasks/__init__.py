@@ -32,9 +32,11 @@ class Task:
 
 TASKS: dict[str, Task] = {
     # embedding: run(encoder, instruction=..., limit=...)
-    "stsb": Task("embedding", "STS Benchmark test, Spearman of cosine", partial(sts.evaluate, path="stsb/stsb-en-test.csv")),
+    "stsb": Task("embedding", "STS Benchmark test, Spearman of cosine",
+                 partial(sts.evaluate, path="stsb/stsb-en-test.csv", seen_path="stsb/stsb-en-train.csv")),
     "stsb_noinstruction": Task("embedding", "STS Benchmark test without any instruction, Spearman of cosine",
-                               partial(sts.evaluate, path="stsb/stsb-en-test.csv"), instruction=""),
+                               partial(sts.evaluate, path="stsb/stsb-en-test.csv", seen_path="stsb/stsb-en-train.csv"),
+                               instruction=""),
     "mrpc": Task("embedding", "MRPC test, max-F1 of cosine", partial(pair_classification.evaluate, path="mrpc/msr-para-test.tsv")),
     "banking77": Task("embedding", "Banking77, logistic regression on 8 train texts per label, accuracy",
                       partial(classification.evaluate, train_path="banking77/train.csv", test_path="banking77/test.csv")),

@@ -32,8 +32,17 @@ def pair_cosines(encoder: Encoder, pairs: list[Pair], instruction: str) -> np.nd
     return (first * second).sum(axis=1)
 
 
-def evaluate(encoder: Encoder, path: str | Path, *, instruction: str = "", limit: int | None = None) -> Score:
+def evaluate(encoder: Encoder, path: str | Path, *, instruction: str = "", limit: int | None = None,
+             seen_path: str | Path | None = None) -> Score:
+    """Spearman over the pairs; with ``seen_path`` (a training split) also over the pairs it does not
+    hold in either order (``extra``: spearman_unseen, n_unseen), since STS-B train repeats a few test pairs."""
     pairs = subset(load_pairs(path), limit)
     cosines = pair_cosines(encoder, pairs, instruction)
     gold = [pair[2] for pair in pairs]
-    return Score("spearman", metrics.spearman(cosines, gold), len(pairs))
+    extra = {}
+    if seen_path is not None:
+        seen = {(a, b) for a, b, _ in load_pairs(seen_path)}
+        unseen = [i for i, (a, b, _) in enumerate(pairs) if (a, b) not in seen and (b, a) not in seen]
+        extra = {"spearman_unseen": metrics.spearman(cosines[unseen], [gold[i] for i in unseen]),
+                 "n_unseen": len(unseen)}
+    return Score("spearman", metrics.spearman(cosines, gold), len(pairs), extra)
