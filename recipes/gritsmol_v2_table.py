@@ -1,8 +1,9 @@
 """Print the README's gritsmol v2 comparison tables from the results files (nothing is typed by hand).
 
     python recipes/gritsmol_v2_table.py
-Columns: MiniLM and v1 (results/ablation, results/gritsmol-v2), the CPU v2 candidate, and the GPU arms
-(results/gritsmol-v2-gpu, recipes/device/README.md). A cell is "–" where that run was not measured.
+Columns: MiniLM and v1 (results/ablation, results/gritsmol-v2), the CPU v2 candidate, the GPU arms
+(results/gritsmol-v2-gpu, recipes/device/README.md) and the CPU CoSENT stage on top of GPU norag
+(results/gritsmol-v2-cosent, recipes/gritsmol_v2_cosent.yaml). A cell is "–" where that run was not measured.
 """
 
 from __future__ import annotations
@@ -22,22 +23,33 @@ ARMS = {  # column: (eval-record files by suite, RAG results file)
     **{f"GPU {arm}": ({suite: f"gritsmol-v2-gpu/{arm}-{suite}.json" for suite in
                        ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
                       f"gritsmol-v2-gpu/{arm}-rag.json") for arm in ("norag", "distill", "gold-distill")},
+    "norag + CoSENT": ({suite: f"gritsmol-v2-cosent/cosent-{suite}.json" for suite in
+                        ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
+                       "gritsmol-v2-cosent/cosent-rag.json"),
 }
+ARMS["GPU norag"] = (ARMS["GPU norag"][0], "gritsmol-v2-gpu/norag-rag-all.json")  # + query_doc, doc_query
 EMBEDDING_ROWS = [("sentence", "stsb", 200), ("sentence", "mrpc", 200), ("sentence", "banking77", 200),
                   ("sentence", "twentynewsgroups", 200), ("reranking", "trecqa", 30), ("retrieval", "msmarco", 5)]
 OTHER_ROWS = [("sts-full", "stsb", "stsb, with the STS instruction (1,379)"),
               ("sts-full", "stsb_noinstruction", "stsb, no instruction (1,379)"),
+              ("sts-full", "stsb/spearman_unseen", "stsb, with the instruction, the 1,362 pairs not in STS-B train"),
+              ("sts-full", "stsb_noinstruction/spearman_unseen", "stsb, no instruction, the 1,362 pairs not in STS-B train"),
               ("generative-100", "mmlu", "mmlu (100)"), ("generative-100", "perplexity", "perplexity (100, lower is better)"),
               ("generative-100", "nq_open", "nq_open closed book (100)")]
 RAG_MODES = [("rag_doc_first", "RAG doc-first (uncached)"), ("rag_query_first", "RAG query-first (uncached)"),
-             ("doc", "doc caching, bidirectional"), ("query", "query caching"), ("doc_causal", "doc caching, causal states")]
+             ("doc", "doc caching, bidirectional"), ("query", "query caching"),
+             ("query_doc", "query-doc caching, bidirectional"), ("doc_query", "doc-query caching, bidirectional"),
+             ("doc_causal", "doc caching, causal states")]
 
 
 def records(path: str | None) -> dict[str, float]:
     file = ROOT / path if path else None
     if file is None or not file.is_file():
         return {}
-    return {row["task"]: row["value"] for row in json.loads(file.read_text())}
+    rows = json.loads(file.read_text())
+    # "task/metric" names a secondary metric (e.g. stsb/spearman_unseen)
+    return {**{row["task"]: row["value"] for row in rows},
+            **{f"{row['task']}/{name}": value for row in rows for name, value in row.get("extra", {}).items()}}
 
 
 def cell(value: float | None, task: str = "") -> str:
