@@ -165,7 +165,7 @@ def nli(root: Path, rng: random.Random) -> list[dict]:
 
 
 def _stsb_train(root: Path) -> list[list[str]]:
-    """STS-B train rows (sentence1, sentence2, score) less the 17 pairs its test split repeats."""
+    """STS-B train rows (sentence1, sentence2, score) less the 17 that repeat 12 of its test pairs."""
     def rows(split: str) -> list[list[str]]:
         with open(root / "stsb" / f"stsb-en-{split}.csv", newline="", encoding="utf-8") as file:
             return [row for row in csv.reader(file) if len(row) == 3]
