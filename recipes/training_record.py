@@ -27,7 +27,7 @@ def summary(run: Path) -> dict:
     last = rows[-20:]
     losses = sorted({key for row in rows for key in row if key.startswith("loss")})
     by_passages: dict[int, list[float]] = {}
-    for row in last:
+    for row in (row for row in last if "loss_embedding" in row):
         by_passages.setdefault(row.get("contrastive_passages", 0), []).append(row["loss_embedding"])
     return {"steps": rows[-1]["step"], "median_step_s": statistics.median(row["step_s"] for row in rows[2:] or rows),
             "mean_last20": {key: statistics.mean(row[key] for row in last if key in row) for key in losses},
