@@ -1,9 +1,10 @@
 """Print the README's gritsmol v2 comparison tables from the results files (nothing is typed by hand).
 
     python recipes/gritsmol_v2_table.py
-Columns: MiniLM and v1 (results/ablation, results/gritsmol-v2), the CPU v2 candidate, the GPU arms
-(results/gritsmol-v2-gpu, recipes/device/README.md) and the CPU CoSENT stage on top of GPU norag
-(results/gritsmol-v2-cosent, recipes/gritsmol_v2_cosent.yaml). A cell is "–" where that run was not measured.
+Columns: MiniLM and v1 (results/ablation, results/gritsmol-v2), the GPU arms (results/gritsmol-v2-gpu,
+recipes/device/README.md), the CPU CoSENT stage on top of GPU norag (recipes/gritsmol_v2_cosent.yaml) and
+the short chat stage after it, which ships (recipes/gritsmol_v2_cosent_chat.yaml; both in
+results/gritsmol-v2-cosent). The earlier CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ ARMS = {  # column: (eval-record files by suite, RAG results file)
     "v1": ({"sentence": "ablation/unified-sentence.json", "reranking": "ablation/unified-reranking.json",
             "retrieval": "ablation/unified-retrieval.json", "sts-full": "gritsmol-v2/v1-sts-full.json",
             "generative-100": "gritsmol-v2/v1-generative-100.json"}, "gritsmol-v2/v1-rag.json"),
-    "v2 CPU": ({suite: f"gritsmol-v2/v2-{suite}.json" for suite in
-                ("sentence", "reranking", "retrieval", "sts-full", "generative-100")}, "gritsmol-v2/v2-rag.json"),
     **{f"GPU {arm}": ({suite: f"gritsmol-v2-gpu/{arm}-{suite}.json" for suite in
                        ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
                       f"gritsmol-v2-gpu/{arm}-rag.json") for arm in ("norag", "distill", "gold-distill")},
     "norag + CoSENT": ({suite: f"gritsmol-v2-cosent/cosent-{suite}.json" for suite in
                         ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
                        "gritsmol-v2-cosent/cosent-rag.json"),
+    "+ chat (shipped)": ({suite: f"gritsmol-v2-cosent/cosent-chat-{suite}.json" for suite in
+                          ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
+                         "gritsmol-v2-cosent/cosent-chat-rag.json"),
 }
 ARMS["GPU norag"] = (ARMS["GPU norag"][0], "gritsmol-v2-gpu/norag-rag-all.json")  # + query_doc, doc_query
 EMBEDDING_ROWS = [("sentence", "stsb", 200), ("sentence", "mrpc", 200), ("sentence", "banking77", 200),
