@@ -33,7 +33,10 @@ def test_the_shipped_adapter_is_small_and_says_how_it_was_made():
     assert {"adapter_config.json", "adapter_model.safetensors", "training_config.yaml", "eval.json", "README.md"} <= set(files)
     assert sum(path.stat().st_size for path in files.values()) < 15e6  # an adapter, never base weights
     config = yaml.safe_load(files["training_config.yaml"].read_text())
-    assert config["mode"] == "unified"  # trained from smollm2-base, or continued from a run that was
+    stages = yaml.safe_load(files["training_stages.yaml"].read_text()) if "training_stages.yaml" in files else [config]
+    assert stages[-1] == {"run": stages[-1].get("run"), **config} or len(stages) == 1
+    assert stages[0]["model"] == "smollm2-base"  # the first stage starts from the base ...
+    assert any(stage["mode"] == "unified" for stage in stages)  # ... and GRIT's unified objective trained it
     assert json.loads(files["adapter_config.json"].read_text())["base_model_name_or_path"] == "smollm2-base"
     assert {"stsb", "mmlu"} <= {row["task"] for row in json.loads(files["eval.json"].read_text())}
 

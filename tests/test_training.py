@@ -338,6 +338,21 @@ def test_export_adapter_ships_a_half_precision_copy_that_loads_alike(uninterrupt
     assert (destination / "eval.json").is_file()  # a failed export keeps the previous one
 
 
+def test_export_adapter_records_every_stage_of_a_continued_run(tiny_dir, data, uninterrupted, tmp_path):
+    from gritkit.training.export import export_adapter
+
+    first, _ = uninterrupted
+    second = tiny_config(tiny_dir, data, tmp_path / "stage2", model=first.output_dir, mode="generative",
+                         embedding_data=[], max_steps=1, checkpoint_every=0)
+    train(second)
+    destination = export_adapter(second.output_dir, tmp_path / "shipped")
+    stages = yaml.safe_load((destination / "training_stages.yaml").read_text())
+    assert [stage["run"] for stage in stages] == [first.output_dir, second.output_dir]
+    assert stages[0]["mode"] == "unified" and stages[1]["mode"] == "generative"
+    assert stages[1]["model"] == first.output_dir and stages[0]["model"] == str(tiny_dir)
+    assert "Trained in 2 stages" in (destination / "README.md").read_text()
+
+
 def test_embedding_only_full_finetuning_saves_a_model_dir(tiny_dir, data, tmp_path):
     config = tiny_config(tiny_dir, data, tmp_path / "emb", mode="embedding", generative_data=[], lora=False,
                          max_steps=2, checkpoint_every=0, gradient_checkpointing=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+
+import yaml
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,21 +43,40 @@ def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Seq
     save_file(weights, staging / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     if records:
         save_records(records, staging / "eval.json")
+    stages = training_stages(run_dir)
+    if len(stages) > 1:
+        (staging / "training_stages.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     (staging / "README.md").write_text(model_card(title, json.loads((run_dir / "adapter_config.json").read_text()),
-                                                  sum(t.numel() for t in weights.values()), records))
+                                                  sum(t.numel() for t in weights.values()), records, len(stages)))
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return destination
 
 
-def model_card(title: str, adapter_config: dict, parameters: int, records: list[Record]) -> str:
+def training_stages(run_dir: Path) -> list[dict]:
+    """The training configs of ``run_dir`` and of every run it continued (its ``model`` key naming a run
+    folder that is still on disk), the first stage first."""
+    stages, folder = [], run_dir
+    while (folder / "training_config.yaml").is_file() and len(stages) < 20:
+        config = yaml.safe_load((folder / "training_config.yaml").read_text())
+        stages.insert(0, {"run": str(folder), **config})
+        parent = Path(str(config.get("model", "")))
+        if parent == folder or not parent.is_dir():
+            break
+        folder = parent
+    return stages
+
+
+def model_card(title: str, adapter_config: dict, parameters: int, records: list[Record], stages: int = 1) -> str:
     """A short Markdown card: what the adapter is, how to load it, how it was trained and scored."""
     lines = [f"# {title}", "",
              (f"LoRA adapter (r={adapter_config.get('r')}, alpha={adapter_config.get('lora_alpha')}, "
               f"{parameters / 1e6:.1f}M parameters) on `{adapter_config.get('base_model_name_or_path')}`, "
               "trained with gritkit's GRIT objective (contrastive + next-token)."), "",
              "```python", "from gritkit import GritLM", "model = GritLM.from_pretrained(\"path/to/this/folder\")  # the shipped one: GritLM.from_pretrained()", "```", "",
-             "Training options: `training_config.yaml`; loss per step: `metrics.jsonl`."]
+             "Training options: `training_config.yaml`; loss per step: `metrics.jsonl`."
+             + (f" Trained in {stages} stages, each continuing the one before: `training_stages.yaml` holds every "
+                "stage's options, the first stage first." if stages > 1 else "")]
     if records:
         lines += ["", "| task | metric | n | score |", "|---|---|---:|---:|"]
         lines += [f"| {r.task} | {r.metric} | {r.n} | {_score(r)} |" for r in records]
