@@ -9,7 +9,7 @@ nli_cad_triplets (premise <-> entailed hypothesis, the contradiction as hard neg
 STS-B train pair with its 0-5 score, trained with CoSENT; in-domain too) and QQP duplicate
 questions parsed from t0_train_50k's glue_qqp templates. Symmetric sources give half their rows the
 instruction on both sides and half none, so the model embeds well without an instruction too.
-Generative sources (chat ``messages``): t0_train_50k, flan_cot, gsm8k train.
+Generative sources (chat ``messages``): t0_train_50k, flan_cot, gsm8k train, selfinstruct_seed.
 RAG sources (``rag/<source>.jsonl``: question, passages with the gold one first, answer), for the
 cache-aware stream: tydiqa_goldp English train (gold paragraph cut to a window around the answer,
 a paragraph of another article as a distractor).
@@ -222,6 +222,17 @@ def flan_cot(root: Path, rng: random.Random) -> list[dict]:
             for row in _jsonl(root / "flan_cot" / "flan_cot_train.jsonl") if row["task"] != "gsm8k"]
 
 
+def selfinstruct(root: Path, rng: random.Random) -> list[dict]:
+    """Self-Instruct's 175 human-written seed tasks: the instruction (and its first input) -> its output."""
+    rows = []
+    for task in _jsonl(root / "selfinstruct_seed" / "seed_tasks.jsonl"):
+        instance = task["instances"][0]
+        prompt = task["instruction"].strip() + (f"\n\n{instance['input'].strip()}" if instance["input"].strip() else "")
+        if instance["output"].strip():
+            rows.append(_chat(prompt, instance["output"].strip()))
+    return rows
+
+
 def gsm8k(root: Path, rng: random.Random) -> list[dict]:
     # drop the calculator annotations "<<48/2=24>>" that only the original tool-using setup needs
     held_out = _eval_texts(root / "gsm8k" / "test.jsonl", "question")
@@ -270,7 +281,7 @@ EMBEDDING_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "flickr8k": flickr8k, "banking77": banking77, "nli": nli, "stsb": stsb,
     "stsb_scored": stsb_scored, "qqp": qqp}
 GENERATIVE_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
-    "t0": t0, "flan_cot": flan_cot, "gsm8k": gsm8k}
+    "t0": t0, "flan_cot": flan_cot, "gsm8k": gsm8k, "selfinstruct": selfinstruct}
 RAG_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {"tydiqa": tydiqa_rag}
 
 
