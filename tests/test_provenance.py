@@ -81,7 +81,7 @@ CITATION = re.compile(r"benchmarks/results/([\w.*-]+\.json)")
 # Cited records measured before provenance was recorded, or not at a clean commit: each must be
 # re-measured at a clean commit (benchmarks/refresh.sh), then leave this list. Nothing else may join it.
 RE_MEASURE = {name: "re-measure at a clean commit" for name in (
-    "compact_embeddings.json", "embed_throughput.json", "generate_speed.json", "gguf_speed.json",
+    "embed_throughput.json", "generate_speed.json", "gguf_speed.json",
     "gradcache_memory_cpu.json", "index_build.json", "index_search_hnsw.json", "rag_latency.json",
     "rag_quality.json", "serve_abuse.json", "serve_load.json")}
 
