@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-
-import yaml
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from gritkit.results import Record, load_records, save_records

@@ -78,7 +78,8 @@ def cosent_loss(first: torch.Tensor, second: torch.Tensor, scores: torch.Tensor,
     similarities = F.normalize(first.float(), dim=-1) @ F.normalize(second.float(), dim=-1).T
     cosines = similarities.diagonal() * scale
     differences = cosines[None, :] - cosines[:, None]  # [i, j] = cos_j - cos_i
-    ranked = scores.to(cosines.device)[:, None] > scores.to(cosines.device)[None, :]
+    scores = scores.to(cosines.device)
+    ranked = scores[:, None] > scores[None, :]
     zero = torch.zeros(1, device=cosines.device, dtype=cosines.dtype)
     return torch.logsumexp(torch.cat([zero, differences[ranked]]), dim=0), similarities
 

@@ -192,10 +192,9 @@ class TrainingStep:
         gather = config.gather_negatives and self.world_size > 1
         # a source either has groups on every process or on none, so gathered shapes always agree
         group_ids = group_tensor(groups, local, self.accelerator.device) if source in self.grouped_sources else None
-        found: dict[str, torch.Tensor] = {}
-
         pair_scores = (torch.tensor([examples[i].score for i in local], device=self.accelerator.device)
                        if scored else None)
+        found: dict[str, torch.Tensor] = {}
 
         def loss_fn(query_embeddings: torch.Tensor, passage_embeddings: torch.Tensor) -> torch.Tensor:
             if scored:
