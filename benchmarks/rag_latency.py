@@ -1,15 +1,13 @@
-"""RAG latency and quality with GRIT key/value caching: the paper's Table 7 on the default model.
+"""RAG latency with GRIT key/value caching: the paper's Table 7 on the default model.
 
 Latency: Sample A (1-token query, L-token document) and Sample B (L-token query, 1-token document)
 for each L, ``--max-new-tokens`` generated tokens (exactly: end-of-sequence is ignored here so every
 mode does the same work), ``--repeats`` runs per cell, mean and std. Caches of documents are built
 at index time; that time is reported apart and never counted in a mode's latency.
 
-Quality: TyDi QA English gold passages as the corpus; each question is retrieved (k=1) and answered
-in every mode; match = the normalised gold answer string occurs in the normalised output. (The
-fuller quality table, on TyDi QA dev and SQuAD with every metric, is benchmarks/rag_quality.py.)
+The quality of every mode (TyDi QA dev, SQuAD, every metric) is benchmarks/rag_quality.py.
 
-    python benchmarks/rag_latency.py --lengths 250 500 1000 2000 4000 --repeats 2 --limit 50
+    python benchmarks/rag_latency.py --lengths 250 500 1000 2000 4000 --repeats 2
 
 Prints markdown tables, writes JSON and a PNG of latency against length.
 """
@@ -30,7 +28,6 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from common import write_results  # noqa: E402
 from gritkit import GritLM  # noqa: E402
-from gritkit.eval.metrics import normalize_answer  # noqa: E402
 from gritkit.eval.tasks.tydiqa import load_squad  # noqa: E402
 from gritkit.rag import RAG, Index  # noqa: E402
 
@@ -49,12 +46,10 @@ BASELINE = {"Query caching": "RAG query-doc", "Query-doc caching": "RAG query-do
             "Doc caching": "RAG doc-query", "Doc-query caching": "RAG doc-query"}
 
 
-def tydiqa(split: str) -> list[dict]:
-    """TyDi QA gold-passage questions (English) with their passage and non-empty answers (eval's loader)."""
-    items = load_squad(f"tydiqa_goldp/{split}/tydiqa.goldp.en.{split}.json")
-    rows = [{"question": item.question, "context": item.context, "answers": [a for a in item.answers if a.strip()]}
-            for item in items]
-    return [row for row in rows if row["answers"]]
+def filler_text() -> str:
+    """Natural text to cut the long query or document from: TyDi QA English train passages."""
+    items = load_squad("tydiqa_goldp/train/tydiqa.goldp.en.train.json")
+    return " ".join(dict.fromkeys(item.context for item in items[:200]))
 
 
 def text_of_tokens(model: GritLM, source: str, tokens: int) -> str:
@@ -106,31 +101,6 @@ def run_latency(model: GritLM, lengths: list[int], repeats: int, max_new_tokens:
     return results
 
 
-def run_quality(model: GritLM, split: str, limit: int, corpus_size: int, max_new_tokens: int,
-                answer_prefix: str) -> dict:
-    rows = tydiqa(split)
-    questions = rows[:limit]
-    passages = list(dict.fromkeys(row["context"] for row in rows[:max(corpus_size, limit)]))
-    with tempfile.TemporaryDirectory() as directory:
-        index = Index.open(directory, model, kv_budget_bytes=None)
-        index.add([{"id": str(i), "text": text} for i, text in enumerate(passages)], chunk_size=4096,
-                  chunk_overlap=0, batch_size=32, show_progress_bar=True)
-        rag = RAG(model, index, answer_prefix=answer_prefix)
-        gold_ids = {text: str(i) for i, text in enumerate(passages)}
-        matches = {label: [] for label, *_ in MODES}
-        retrieved = []
-        for row in tqdm(questions, desc="quality", unit="question"):
-            for label, cache, order, k in MODES:
-                answer = rag.answer(row["question"], cache=cache, order=order, k=k, max_new_tokens=max_new_tokens)
-                matches[label].append(any(normalize_answer(gold) in normalize_answer(answer.text) for gold in row["answers"]))
-                if label == "RAG query-doc":
-                    retrieved.append(answer.passages[0].doc_id == gold_ids[row["context"]])
-        index.close()
-    return {"split": split, "questions": len(questions), "answer_prefix": answer_prefix, "corpus_passages": len(passages),
-            "retrieval_top1": sum(retrieved) / len(retrieved),
-            "match": {label: sum(hits) / len(hits) for label, hits in matches.items()}}
-
-
 def markdown(results: dict) -> str:
     lines = []
     latency = results.get("latency")
@@ -153,12 +123,6 @@ def markdown(results: dict) -> str:
                   + " | ".join(f"{latency['A'][n]['cache_build_s']:.2f}" for n in lengths) + " |",
                   "| KV bytes stored (fp16) | "
                   + " | ".join(f"{latency['A'][n]['kv_bytes'] / 1e6:.1f} MB" for n in lengths) + " |"]
-    quality = results.get("quality")
-    if quality:
-        lines += ["", f"TyDi QA English {quality['split']}: {quality['questions']} questions, "
-                  f"{quality['corpus_passages']} gold passages as corpus, "
-                  f"retrieval top-1 = {100 * quality['retrieval_top1']:.1f}%", "", "| Mode | Match % |", "|---|---|"]
-        lines += [f"| {label} | {100 * value:.1f} |" for label, value in quality["match"].items()]
     return "\n".join(lines)
 
 
@@ -191,13 +155,6 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--limit", type=int, default=50, help="TyDi QA questions for the quality run (0: skip)")
-    parser.add_argument("--corpus-size", type=int, default=440, help="gold passages of this many questions form the corpus")
-    parser.add_argument("--tydiqa-split", default="dev", choices=["train", "dev"],
-                        help="dev is held out; train is a training source of the shipped adapter")
-    parser.add_argument("--answer-prefix", default="The answer is",
-                        help="text the assistant turn starts with in the quality run (official GritLM RAG eval)")
-    parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is fastest on a busy CPU)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/rag_latency.json"))
     args = parser.parse_args()
@@ -207,17 +164,11 @@ def main() -> None:
     model = GritLM.from_pretrained(args.model)
     results = {"config": {**vars(args), "output": str(args.output), "device": str(model.device),
                           "threads": torch.get_num_threads()}}
-    if not args.skip_latency:
-        results["latency"] = run_latency(model, args.lengths, args.repeats, args.max_new_tokens,
-                                         " ".join(row["context"] for row in tydiqa("train")[:200]))
-    if args.limit:
-        results["quality"] = run_quality(model, args.tydiqa_split, args.limit, args.corpus_size, args.max_new_tokens,
-                                         args.answer_prefix)
+    results["latency"] = run_latency(model, args.lengths, args.repeats, args.max_new_tokens, filler_text())
     write_results(args.output, results)
     print(markdown(results))
-    if "latency" in results:
-        plot(results["latency"], args.output.with_suffix(".png"))
-        print(f"\nwrote {args.output} and {args.output.with_suffix('.png')}")
+    plot(results["latency"], args.output.with_suffix(".png"))
+    print(f"\nwrote {args.output} and {args.output.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

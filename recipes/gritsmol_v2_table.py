@@ -4,7 +4,8 @@
 Columns: MiniLM and v1 (results/ablation, results/gritsmol-v2), the GPU arms (results/gritsmol-v2-gpu,
 recipes/device/README.md), the CPU CoSENT stage on top of GPU norag (recipes/gritsmol_v2_cosent.yaml) and
 the short chat stage after it, which ships (recipes/gritsmol_v2_cosent_chat.yaml; both in
-results/gritsmol-v2-cosent). The earlier CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
+results/gritsmol-v2-cosent), and the CPU cache-aware RAG stage on self-distilled targets after that
+(recipes/gritsmol_v2_rag.yaml, results/gritsmol-v2-rag). The earlier CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ ARMS = {  # column: (eval-record files by suite, RAG results file)
     "+ chat (shipped)": ({suite: f"gritsmol-v2-cosent/cosent-chat-{suite}.json" for suite in
                           ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
                          "gritsmol-v2-cosent/cosent-chat-rag.json"),
+    "+ self-distilled RAG stream": ({suite: f"gritsmol-v2-rag/rag-{suite}.json" for suite in
+                                     ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
+                                    "gritsmol-v2-rag/rag-rag.json"),
 }
 ARMS["GPU norag"] = (ARMS["GPU norag"][0], "gritsmol-v2-gpu/norag-rag-all.json")  # + query_doc, doc_query
 EMBEDDING_ROWS = [("sentence", "stsb", 200), ("sentence", "mrpc", 200), ("sentence", "banking77", 200),

@@ -83,7 +83,7 @@ CITATION = re.compile(r"benchmarks/results/([\w.*-]+\.json)")
 RE_MEASURE = {name: "re-measure at a clean commit" for name in (
     "embed_throughput.json", "generate_speed.json", "gguf_speed.json",
     "gradcache_memory_cpu.json", "index_build.json", "index_search_hnsw.json", "rag_latency.json",
-    "rag_quality.json", "serve_load.json")}
+    "serve_load.json")}
 
 
 def core_table():
