@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Re-measure, one after another, every record behind the README's "Core benchmarks" table, every
-# record tests/test_provenance.py still allows without provenance, and the CLI start-up figures,
-# each with its documented command and threads, so that each record states a clean commit.
+# Re-measure, one after another, every record behind the README's "Core benchmarks" table and the
+# other records the README and docs cite, each with its documented command and threads, so that
+# each record states a clean commit (tests/test_provenance.py fails for a cited record that does not).
 # Run it on an idle machine (hours on 2 cores).
 #
 #   benchmarks/refresh.sh                          # all of them
 #   benchmarks/refresh.sh embed_throughput serve_load   # only these steps (names below)
 #
 # GRITKIT_BENCHMARK_RESULTS=DIR writes the records to DIR instead of benchmarks/results (a trial run).
-# Then: python benchmarks/core_table.py, paste into README.md, and drop re-measured records from
-# RE_MEASURE in tests/test_provenance.py.
+# Then: python benchmarks/core_table.py, paste into README.md, and update the pages that cite the records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

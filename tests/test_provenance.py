@@ -78,14 +78,6 @@ BENCHMARK_RESULTS = ROOT / "benchmarks" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CITATION = re.compile(r"benchmarks/results/([\w.*-]+\.json)")
 
-# Cited records measured before provenance was recorded, or not at a clean commit: each must be
-# re-measured at a clean commit (benchmarks/refresh.sh), then leave this list. Nothing else may join it.
-RE_MEASURE = {name: "re-measure at a clean commit" for name in (
-    "embed_throughput.json", "generate_speed.json", "gguf_speed.json",
-    "gradcache_memory_cpu.json", "index_build.json", "index_search_hnsw.json", "rag_latency.json",
-    "serve_load.json")}
-
-
 def core_table():
     """benchmarks/core_table.py, the script that prints the README's Core benchmarks table."""
     spec = importlib.util.spec_from_file_location("core_table", ROOT / "benchmarks" / "core_table.py")
@@ -133,14 +125,7 @@ def test_pages_cite_benchmark_records():
 @pytest.mark.parametrize("name", sorted(cited_records()))
 def test_cited_benchmark_record_has_provenance(name):
     problems = provenance_problems(json.loads((BENCHMARK_RESULTS / name).read_text()))
-    if name in RE_MEASURE:
-        assert problems, f"{name} now has full provenance: remove it from RE_MEASURE"
-        pytest.skip(f"{name}: {RE_MEASURE[name]} ({', '.join(problems)})")
     assert not problems, f"{name} (cited by {cited_records()[name]}): {', '.join(problems)}"
-
-
-def test_re_measure_list_names_only_cited_records():
-    assert set(RE_MEASURE) <= set(cited_records())
 
 
 def test_readme_core_benchmarks_table_is_printed_from_its_records():
@@ -149,7 +134,7 @@ def test_readme_core_benchmarks_table_is_printed_from_its_records():
     assert table_in("README.md", expected[0]) == expected
 
 
-def test_refresh_script_reruns_every_core_and_re_measure_record():
+def test_refresh_script_reruns_every_core_record():
     script = (ROOT / "benchmarks" / "refresh.sh").read_text()
-    missing = [name for name in [*core_table().RECORDS, *RE_MEASURE] if name.removesuffix(".json") not in script]
+    missing = [name for name in core_table().RECORDS if name.removesuffix(".json") not in script]
     assert not missing, f"benchmarks/refresh.sh has no step for {missing}"
