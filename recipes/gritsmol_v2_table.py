@@ -14,26 +14,27 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "results"
+SUITES = ("sentence", "reranking", "retrieval", "sts-full", "generative-100")
+
+
+def evaluated(prefix: str, rag: str | None = None) -> tuple[dict[str, str], str]:
+    """A column evaluated by recipes/gritsmol_v2.sh: ``{prefix}-{suite}.json`` per suite, and its RAG file."""
+    return {suite: f"{prefix}-{suite}.json" for suite in SUITES}, rag or f"{prefix}-rag.json"
+
+
 ARMS = {  # column: (eval-record files by suite, RAG results file)
     "MiniLM": ({"sentence": "ablation/minilm-sentence.json", "reranking": "ablation/minilm-reranking.json",
                 "retrieval": "ablation/minilm-retrieval.json", "sts-full": "gritsmol-v2/minilm-sts-full.json"}, None),
     "v1": ({"sentence": "ablation/unified-sentence.json", "reranking": "ablation/unified-reranking.json",
             "retrieval": "ablation/unified-retrieval.json", "sts-full": "gritsmol-v2/v1-sts-full.json",
             "generative-100": "gritsmol-v2/v1-generative-100.json"}, "gritsmol-v2/v1-rag.json"),
-    **{f"GPU {arm}": ({suite: f"gritsmol-v2-gpu/{arm}-{suite}.json" for suite in
-                       ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
-                      f"gritsmol-v2-gpu/{arm}-rag.json") for arm in ("norag", "distill", "gold-distill")},
-    "norag + CoSENT": ({suite: f"gritsmol-v2-cosent/cosent-{suite}.json" for suite in
-                        ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
-                       "gritsmol-v2-cosent/cosent-rag.json"),
-    "+ chat (shipped)": ({suite: f"gritsmol-v2-cosent/cosent-chat-{suite}.json" for suite in
-                          ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
-                         "gritsmol-v2-cosent/cosent-chat-rag.json"),
-    "+ self-distilled RAG stream": ({suite: f"gritsmol-v2-rag/rag-{suite}.json" for suite in
-                                     ("sentence", "reranking", "retrieval", "sts-full", "generative-100")},
-                                    "gritsmol-v2-rag/rag-rag.json"),
+    "GPU norag": evaluated("gritsmol-v2-gpu/norag", "gritsmol-v2-gpu/norag-rag-all.json"),  # + query_doc, doc_query
+    "GPU distill": evaluated("gritsmol-v2-gpu/distill"),
+    "GPU gold-distill": evaluated("gritsmol-v2-gpu/gold-distill"),
+    "norag + CoSENT": evaluated("gritsmol-v2-cosent/cosent"),
+    "+ chat (shipped)": evaluated("gritsmol-v2-cosent/cosent-chat"),
+    "+ self-distilled RAG stream": evaluated("gritsmol-v2-rag/rag"),
 }
-ARMS["GPU norag"] = (ARMS["GPU norag"][0], "gritsmol-v2-gpu/norag-rag-all.json")  # + query_doc, doc_query
 EMBEDDING_ROWS = [("sentence", "stsb", 200), ("sentence", "mrpc", 200), ("sentence", "banking77", 200),
                   ("sentence", "twentynewsgroups", 200), ("reranking", "trecqa", 30), ("retrieval", "msmarco", 5)]
 OTHER_ROWS = [("sts-full", "stsb", "stsb, with the STS instruction (1,379)"),
