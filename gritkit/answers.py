@@ -1,4 +1,4 @@
-"""Answer strings: SQuAD normalisation and the match metrics that RAG evaluation and training share."""
+"""Answer strings: SQuAD normalisation, the match metrics and the loop detector that RAG evaluation and training share."""
 
 from __future__ import annotations
 
@@ -39,3 +39,22 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
         return 2 * precision * recall / (precision + recall)
 
     return max(f1(answer) for answer in answers)
+
+
+_WORD_OR_SYMBOL = re.compile(r"\w+|[^\w\s]")
+
+
+def is_degenerate(text: str, max_period: int = 4, repeats: int = 3, ngram: int = 3) -> bool:
+    """A looping output: some unit of 1..``max_period`` words/symbols ``repeats`` times back to back
+    (``E-E-E-E``, ``no no no``), or some ``ngram`` of words/symbols ``repeats`` times anywhere.
+
+    Text is split into lower-cased words and single punctuation marks first.
+    """
+    tokens = _WORD_OR_SYMBOL.findall(text.lower())
+    for period in range(1, max_period + 1):
+        for start in range(len(tokens) - period * repeats + 1):
+            unit = tokens[start:start + period]
+            if all(tokens[start + r * period:start + (r + 1) * period] == unit for r in range(1, repeats)):
+                return True
+    counts = Counter(tuple(tokens[i:i + ngram]) for i in range(len(tokens) - ngram + 1))
+    return any(count >= repeats for count in counts.values())

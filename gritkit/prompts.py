@@ -87,6 +87,16 @@ def cached_segment_kinds(cache: CacheMode) -> tuple[str, ...]:
             "doc_query": ("doc", "query")}[cache]
 
 
+def rag_user_message(question: str, documents: Sequence[str], order: Order = "query_first") -> str:
+    """The user's message of classic (uncached) RAG: question, passages and the GRIT RAG instruction."""
+    joined = "\n\n".join(documents)
+    if not documents:
+        return question
+    if order == "query_first":
+        return f"{question}\n\n{joined}\n\n{QUERY_FIRST_INSTRUCTION}"
+    return f"{joined}\n\n{question}\n\n{DOC_FIRST_INSTRUCTION}"
+
+
 def rag_prompt(tokenizer, question: str, documents: Sequence[str], cache: CacheMode = "none",
                order: Order = "query_first", answer_prefix: str = "") -> str:
     """The text run through the model after the cached segments (the whole prompt for ``none``)."""
@@ -94,12 +104,7 @@ def rag_prompt(tokenizer, question: str, documents: Sequence[str], cache: CacheM
         raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
     joined = "\n\n".join(documents)
     if cache == "none":
-        if not documents:
-            content = question
-        elif order == "query_first":
-            content = f"{question}\n\n{joined}\n\n{QUERY_FIRST_INSTRUCTION}"
-        else:
-            content = f"{joined}\n\n{question}\n\n{DOC_FIRST_INSTRUCTION}"
+        content = rag_user_message(question, documents, order)
         return chat_prompt(tokenizer, [{"role": "user", "content": content}]) + answer_prefix
     content = {
         "query": f"{joined}\n\n{QUERY_FIRST_INSTRUCTION}",

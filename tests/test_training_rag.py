@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
+from gritkit.cli import app
 from gritkit.rag import RAG, Index
-from gritkit.training import TrainingConfig, train
-from gritkit.training.data import DataError, RagExample, read_rag_data
+from gritkit.training import TrainingConfig, rag_stream, train
+from gritkit.training.data import IGNORE_INDEX, DataError, RagExample, read_rag_data
 from gritkit.training.rag_stream import answer_logits, draw, layout, rag_loss, uncached_answer_logits
 
 PASSAGE = "The Eiffel Tower in Paris was completed in 1889 for the World's Fair."
@@ -129,7 +132,8 @@ def test_malformed_rag_rows_are_reported(tmp_path):
         read_rag_data([path])
 
 
-def test_unified_training_with_the_rag_stream_logs_its_loss(tiny_model, tmp_path):
+@pytest.mark.parametrize("target,teacher", [("gold", "live"), ("distill", "frozen")])
+def test_unified_training_with_the_rag_stream_logs_its_loss(tiny_model, tmp_path, target, teacher):
     grit = tiny_model("llama")
     base = tmp_path / "base"
     grit.save_pretrained(base)
@@ -141,7 +145,7 @@ def test_unified_training_with_the_rag_stream_logs_its_loss(tiny_model, tmp_path
     config = TrainingConfig(model=str(base), embedding_data=[str(tmp_path / "emb.jsonl")],
                             generative_data=[str(tmp_path / "gen.jsonl")], rag_data=[str(tmp_path / "rag.jsonl")],
                             max_steps=2, embedding_batch_size=2, generative_batch_size=2, rag_batch_size=2,
-                            output_dir=str(tmp_path / "run"), checkpoint_every=0)
+                            rag_target=target, rag_teacher=teacher, output_dir=str(tmp_path / "run"), checkpoint_every=0)
     history = train(config)
     assert [row["step"] for row in history] == [1, 2]
     assert all(np.isfinite(row["loss_rag"]) and row["loss_rag"] > 0 for row in history)
@@ -153,6 +157,8 @@ def test_rag_options_are_checked():
         TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_cache_modes=["none"]).validate()
     with pytest.raises(ValueError, match="rag_target"):
         TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_target="kl").validate()
+    with pytest.raises(ValueError, match="rag_teacher"):
+        TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_teacher="ema").validate()
 
 
 SELF_ROWS = [
@@ -172,16 +178,19 @@ def test_self_targets_are_the_models_own_answers_kept_when_correct_and_resume(de
     source.write_text("".join(json.dumps(row) + "\n" for row in SELF_ROWS))
     examples = read_rag_data([source])
     batched = uncached_answers(default_model, examples, max_new_tokens=24)
-    for example, answer in zip(examples, batched):  # one left-padded batch answers as generate does alone
+    for example, (answer, finished) in zip(examples, batched):  # one left-padded batch answers as generate does alone
         prompt = rag_prompt(default_model.tokenizer, example.question, example.passages[:1], "none", "doc_first")
         assert answer == default_model.generate(prompt, max_new_tokens=24).strip()
+        assert finished  # short answers end their turn inside 24 tokens
+    assert not any(finished for _, finished in uncached_answers(default_model, examples[:1], max_new_tokens=1))
 
     whole = tmp_path / "whole.jsonl"
     assert write_self_targets(default_model, [source], whole, batch_size=2, max_new_tokens=24) == {"rows": 3, "kept": 2}
     rows = [json.loads(line) for line in whole.read_text().splitlines()]
     assert [row["gold_answer"] for row in rows] == ["1889", "Paris"]
-    assert [row["answer"] for row in rows] == batched[:2] and all(row["gold_answer"] in row["answer"] for row in rows)
-    assert read_rag_data([whole])[0].answer == batched[0]  # the stream trains on the model's own answer
+    assert [row["answer"] for row in rows] == [text for text, _ in batched[:2]]
+    assert all(row["gold_answer"] in row["answer"] for row in rows)
+    assert read_rag_data([whole])[0].answer == batched[0][0]  # the stream trains on the model's own answer
 
     # killed after the first batch, with a half-written line after it: resuming gives the same file
     resumed = tmp_path / "resumed.jsonl"
@@ -195,3 +204,51 @@ def test_self_targets_are_the_models_own_answers_kept_when_correct_and_resume(de
     with pytest.raises(FileExistsError):  # a file that is not a run to resume is never overwritten
         write_self_targets(default_model, [source], unrelated)
     assert unrelated.read_text() == "keep me\n"
+
+
+def test_self_targets_drop_answers_that_loop_or_run_out_of_tokens():
+    from gritkit.training.self_targets import usable_target
+
+    assert usable_target("It was completed in 1889.", True, "1889")
+    assert not usable_target("It was completed in 1889.", False, "1889")  # cut at max_new_tokens
+    assert not usable_target("1889\n1889\n1889\n1889", True, "1889")  # a loop, though it contains the span
+    assert not usable_target("In 1990.", True, "1889")
+    assert usable_target("In 1990.", True, "1889", keep="all")
+    assert not usable_target("", True, "1889", keep="all")
+
+
+def test_rag_chat_rows_are_the_doc_first_turn_the_target_answered(default_model, tmp_path):
+    from gritkit.prompts import rag_prompt
+    from gritkit.training.data import read_generative_data, tokenize_generative
+    from gritkit.training.self_targets import chat_rows
+
+    source, chat = tmp_path / "rag.jsonl", tmp_path / "chat" / "rag_chat.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in SELF_ROWS[:2]))
+    result = CliRunner().invoke(app, ["data", "rag-chat", str(source), "--output", str(chat)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in chat.read_text().splitlines()] == chat_rows(read_rag_data([source]))
+    example = read_generative_data([chat])[0]
+    ids, labels = tokenize_generative(default_model, example, 1024)
+    prompt = rag_prompt(default_model.tokenizer, SELF_ROWS[0]["question"], SELF_ROWS[0]["passages"][:1], "none",
+                        "doc_first")
+    prompt_ids = default_model.tokenizer(prompt, add_special_tokens=False).input_ids
+    assert ids[:len(prompt_ids)] == prompt_ids  # the very prompt the self-target was generated after
+    trained = default_model.tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert trained.startswith("1889")  # only the answer is trained
+
+
+def test_a_frozen_teacher_keeps_the_starting_weights_while_training_moves(tiny_model):
+    from gritkit.training.trainer import frozen_copy
+
+    grit = tiny_model("llama")
+    teacher = frozen_copy(grit)
+    before = rag_stream.uncached_answer_logits(teacher, _mixed_batch(grit))
+    with torch.no_grad():
+        for parameter in grit.model.parameters():
+            parameter.add_(0.1)
+    batch = _mixed_batch(grit)
+    after = rag_stream.uncached_answer_logits(teacher, batch)
+    moved = rag_stream.uncached_answer_logits(grit, batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert not any(torch.allclose(a, b) for a, b in zip(after, moved))
+    assert not any(parameter.requires_grad for parameter in teacher.model.parameters())

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gritkit.answers import answer_match, exact_match, normalize_answer, token_f1  # noqa: F401  (re-exported)
+from gritkit.answers import answer_match, exact_match, is_degenerate, normalize_answer, token_f1  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------- ranking
@@ -117,25 +116,6 @@ def contains_answer(prediction: str, answers: Sequence[str]) -> float:
     """1.0 when any non-empty gold answer occurs in the prediction, case-insensitive (GRIT's RAG "match")."""
     text = prediction.lower()
     return float(any(answer.strip() and answer.strip().lower() in text for answer in answers))
-
-
-_WORD_OR_SYMBOL = re.compile(r"\w+|[^\w\s]")
-
-
-def is_degenerate(text: str, max_period: int = 4, repeats: int = 3, ngram: int = 3) -> bool:
-    """A looping output: some unit of 1..``max_period`` words/symbols ``repeats`` times back to back
-    (``E-E-E-E``, ``no no no``), or some ``ngram`` of words/symbols ``repeats`` times anywhere.
-
-    Text is split into lower-cased words and single punctuation marks first.
-    """
-    tokens = _WORD_OR_SYMBOL.findall(text.lower())
-    for period in range(1, max_period + 1):
-        for start in range(len(tokens) - period * repeats + 1):
-            unit = tokens[start:start + period]
-            if all(tokens[start + r * period:start + (r + 1) * period] == unit for r in range(1, repeats)):
-                return True
-    counts = Counter(tuple(tokens[i:i + ngram]) for i in range(len(tokens) - ngram + 1))
-    return any(count >= repeats for count in counts.values())
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")

@@ -3,6 +3,7 @@ and ``gritkit export-adapter RUN_DIR DESTINATION``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -149,10 +150,29 @@ def self_targets_command(
     typer.echo(f"wrote {output}: {counts['kept']} of {counts['rows']} questions kept")
 
 
+def rag_chat_command(
+    inputs: Annotated[list[Path], typer.Argument(help="RAG JSONL files, e.g. written by `gritkit data self-targets`")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Generative JSONL to write (chat messages)")],
+) -> None:
+    """RAG rows as doc-first chat rows (gold passage, the row's answer) for the generative stream."""
+    from gritkit.training.data import read_rag_data
+    from gritkit.training.self_targets import chat_rows
+
+    try:
+        rows = chat_rows(read_rag_data(inputs))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    except (ValueError, OSError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"wrote {output}: {len(rows)} chat rows")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
     data = typer.Typer(help="Training data: build a GRIT training mix from the shared data sets.", no_args_is_help=True)
     data.command("build")(build_command)
     data.command("self-targets")(self_targets_command)
+    data.command("rag-chat")(rag_chat_command)
     app.add_typer(data, name="data")
     app.command("export-adapter")(export_command)

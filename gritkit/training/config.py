@@ -16,6 +16,7 @@ Mode = Literal["unified", "embedding", "generative"]
 GenLossType = Literal["mixed", "token", "sample"]
 Precision = Literal["auto", "bf16", "fp32"]
 RagTarget = Literal["gold", "distill", "gold+distill"]
+RagTeacher = Literal["live", "frozen"]
 RAG_TRAINING_MODES = ("query", "doc", "query_doc", "doc_query")
 PoolingName = Literal["mean", "weighted_mean", "last"]
 
@@ -62,6 +63,8 @@ class TrainingConfig:
     rag_max_passages: int = 2                  # k drawn from 1..this per question (gold + distractors, shuffled)
     rag_target: RagTarget = "gold"             # gold: next-token loss on the gold answer | distill: KL to the model's
                                                # own uncached-RAG distribution on those tokens | gold+distill: both
+    rag_teacher: RagTeacher = "live"           # distill's teacher: live = the model being trained (it moves too) |
+                                               # frozen = a copy of the model as training started (one more copy in memory)
     rag_passage_max_length: int = 256          # tokens per cached passage (embedding prompt included)
     rag_loss_weight: float = 1.0
 
@@ -110,6 +113,8 @@ class TrainingConfig:
             raise ValueError(f"mode {self.mode!r} needs generative_data")
         if self.rag_target not in get_args(RagTarget):
             raise ValueError(f"rag_target must be one of {get_args(RagTarget)}, not {self.rag_target!r}")
+        if self.rag_teacher not in get_args(RagTeacher):
+            raise ValueError(f"rag_teacher must be one of {get_args(RagTeacher)}, not {self.rag_teacher!r}")
         unknown = [m for m in self.rag_cache_modes if m not in RAG_TRAINING_MODES]
         if unknown or not self.rag_cache_modes:
             raise ValueError(f"rag_cache_modes must be a non-empty list of {RAG_TRAINING_MODES}, not {self.rag_cache_modes}")

@@ -4,8 +4,11 @@ Gold answers are short spans. Trained after the cache they teach the model to st
 span, and that leaks into chat (asked to count to 1000, it writes "1"); distillation teacher-forced
 on those spans does the same. Here the model first answers each training question as classic
 doc-first RAG (gold passage, greedy, in its own words); answers that contain the gold span are kept
-as targets (sequence-level knowledge distillation, filtered by correctness). Trained with
-``rag_target: gold`` on the result, the cached path learns the uncached path's answers and style.
+as targets (sequence-level knowledge distillation, filtered by correctness); answers that loop or
+run out of tokens before the end of the turn are dropped as well. Trained with ``rag_target: gold``
+or ``distill`` on the result, the cached path learns the uncached path's answers and style.
+:func:`chat_rows` turns the same rows into doc-first chat rows for the generative stream, which
+anchors the uncached path while the cached one learns from it.
 
 Resumable: rows are appended batch by batch and ``OUTPUT.progress`` records how many input rows and
 output bytes are final, so a killed run restarted with the same command continues where it stopped.
@@ -21,27 +24,38 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gritkit.answers import answer_match
+from gritkit.answers import answer_match, is_degenerate
 from gritkit.model import GritLM
-from gritkit.prompts import rag_prompt
+from gritkit.prompts import rag_prompt, rag_user_message
 from gritkit.training.data import RagExample, read_rag_data
 from gritkit.training.rag_stream import left_padded
 
 
 @torch.inference_mode()
-def uncached_answers(grit: GritLM, examples: Sequence[RagExample], *, max_new_tokens: int = 64) -> list[str]:
-    """Greedy doc-first RAG answers over each example's gold passage, generated as one left-padded batch."""
+def uncached_answers(grit: GritLM, examples: Sequence[RagExample], *,
+                     max_new_tokens: int = 64) -> list[tuple[str, bool]]:
+    """Greedy doc-first RAG answers over each example's gold passage, generated as one left-padded batch.
+
+    Each answer comes with whether it ended its turn (False: cut at ``max_new_tokens``).
+    """
     tokenizer = grit.tokenizer
     prompts = [list(grit.prompt_ids(rag_prompt(tokenizer, e.question, e.passages[:1], "none", "doc_first")))
                for e in examples]
     input_ids, attention_mask, _ = left_padded(grit, prompts)  # generate derives positions from the mask
     # what generate appends after a row has finished; skipped when decoding
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = sorted(grit.stop_token_ids())
     output = grit.model.generate(input_ids=input_ids.to(grit.device), attention_mask=attention_mask.to(grit.device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                 eos_token_id=sorted(grit.stop_token_ids()))
-    width = input_ids.shape[1]
-    return [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=stops)
+    answers = output[:, input_ids.shape[1]:].cpu()
+    finished = torch.isin(answers, torch.tensor(stops)).any(dim=1).tolist()
+    texts = [text.strip() for text in tokenizer.batch_decode(answers, skip_special_tokens=True)]
+    return list(zip(texts, finished))
+
+
+def usable_target(answer: str, finished: bool, gold: str, keep: str = "correct") -> bool:
+    """A self-target worth training on: non-empty, ended its turn, no loop, and (``keep="correct"``) right."""
+    return bool(answer) and finished and not is_degenerate(answer) and (keep == "all" or bool(answer_match(answer, [gold])))
 
 
 def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str | Path, *, keep: str = "correct",
@@ -66,8 +80,8 @@ def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str |
         for start in tqdm(range(done["rows"], len(examples), batch_size), desc="self targets",
                           initial=done["rows"] // batch_size, total=-(-len(examples) // batch_size)):
             batch = examples[start:start + batch_size]
-            for example, answer in zip(batch, uncached_answers(grit, batch, max_new_tokens=max_new_tokens)):
-                if answer and (keep == "all" or answer_match(answer, [example.answer])):
+            for example, (answer, finished) in zip(batch, uncached_answers(grit, batch, max_new_tokens=max_new_tokens)):
+                if usable_target(answer, finished, example.answer, keep):
                     row = {"question": example.question, "passages": example.passages, "answer": answer,
                            "gold_answer": example.answer}
                     sink.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
@@ -77,6 +91,12 @@ def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str |
             done |= {"rows": start + len(batch), "bytes": sink.tell()}
             _write_atomic(progress, json.dumps(done))
     return {"rows": done["rows"], "kept": done["kept"]}
+
+
+def chat_rows(examples: Sequence[RagExample]) -> list[dict]:
+    """Each RAG row as the doc-first chat turn its self-target was answered in (gold passage only)."""
+    return [{"messages": [{"role": "user", "content": rag_user_message(e.question, e.passages[:1], "doc_first")},
+                          {"role": "assistant", "content": e.answer}]} for e in examples]
 
 
 def _write_atomic(path: Path, text: str) -> None:

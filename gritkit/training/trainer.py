@@ -15,6 +15,7 @@ Output layout (``output_dir``)::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -95,6 +96,17 @@ def load_for_training(config: TrainingConfig, device: torch.device | str) -> tup
     return grit, base_spec
 
 
+def frozen_copy(grit: GritLM) -> GritLM:
+    """An inference-only copy of ``grit`` as it is now (LoRA merged), for a teacher that must not move."""
+    from peft import PeftModel
+
+    teacher = copy.deepcopy(grit)
+    if isinstance(teacher.model, PeftModel):
+        teacher.model = teacher.model.merge_and_unload()
+    teacher.model.eval().requires_grad_(False)
+    return teacher
+
+
 def _adapter_base_spec(spec: str) -> str:
     """What a saved adapter's ``base_model_name_or_path`` must say so ``GritLM.from_pretrained`` finds it offline."""
     if spec == loading.DEFAULT_SPEC:
@@ -123,8 +135,9 @@ class TrainingStep:
 
     def __init__(self, config: TrainingConfig, grit: GritLM, model, accelerator,
                  embedding_data: dict | None, generative_data: list[GenerativeExample] | None,
-                 rag_data: list[RagExample] | None = None):
+                 rag_data: list[RagExample] | None = None, teacher: GritLM | None = None):
         self.config, self.grit, self.model, self.accelerator = config, grit, model, accelerator
+        self.teacher = teacher or grit  # the RAG stream's distillation teacher
         self.backwards = StepBackward(accelerator, model)  # every backward below goes through it
         self.tokens = 0  # non-padding tokens this process ran in the current step (throughput)
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
@@ -227,7 +240,7 @@ class TrainingStep:
                                  config.rag_passage_max_length, np.random.default_rng([config.seed, step, index, 2]))
                  for index in local_slice(indices, self.rank, self.world_size)]
         self.tokens += sum(len(inputs.prompt_ids) + len(inputs.answer_ids) for inputs in batch)
-        teachers = (rag_stream.uncached_answer_logits(self.grit, batch) if "distill" in config.rag_target
+        teachers = (rag_stream.uncached_answer_logits(self.teacher, batch) if "distill" in config.rag_target
                     else [None] * len(batch))
         with self.backwards.micro_batch(final) as backward:
             logits = self.model(rag_inputs=batch)
@@ -404,6 +417,8 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
     accelerator = _make_accelerator(config)
     set_seed(config.seed)
     grit, base_spec = load_for_training(config, accelerator.device)
+    # before any checkpoint is loaded: a resumed run keeps the teacher it started with
+    teacher = frozen_copy(grit) if rag_data and "distill" in config.rag_target and config.rag_teacher == "frozen" else None
     optimizer = torch.optim.AdamW([p for p in grit.model.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     # The scheduler is stepped by hand (accelerate's wrapper would step it once per process).
@@ -411,7 +426,7 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
                               num_training_steps=config.max_steps)
     model, optimizer = accelerator.prepare(GritTrainingModule(grit), optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    step_fn = TrainingStep(config, grit, model, accelerator, embedding_data, generative_data, rag_data)
+    step_fn = TrainingStep(config, grit, model, accelerator, embedding_data, generative_data, rag_data, teacher)
 
     start_step = 0
     checkpoint = latest_checkpoint(output_dir) if resume else None
