@@ -90,18 +90,26 @@ def medquad_texts(limit: int) -> list[str]:
     return texts
 
 
-def report(name: str, rows: list[dict], extra: dict | None = None) -> Path:
-    """Print ``rows`` as a table and write them (with provenance) to benchmarks/results/<name>.json."""
-    from rich.console import Console
-    from rich.table import Table
+def report(name: str, rows: list[dict], extra: dict | None = None,
+           markdown: Callable[[dict], str] | None = None) -> Path:
+    """Print ``rows`` as a table and write them (with provenance) to benchmarks/results/<name>.json.
 
-    table = Table(title=name)
-    for column in rows[0]:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console().print(table)
-    path = write_results(RESULTS_DIR / f"{name}.json", {"rows": rows, **(extra or {})})
+    ``markdown``: the renderer of the table a page shows (benchmarks/doc_tables.py), printed instead.
+    """
+    record = {"rows": rows, **(extra or {})}
+    if markdown:
+        print(markdown(record))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=name)
+        for column in rows[0]:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
+        Console().print(table)
+    path = write_results(RESULTS_DIR / f"{name}.json", record)
     print(f"wrote {path}")
     return path
 

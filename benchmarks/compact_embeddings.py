@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import doc_tables  # noqa: E402
 from common import report  # noqa: E402
 
 from gritkit import GritLM  # noqa: E402
@@ -105,7 +106,8 @@ def main() -> None:
     report("compact_embeddings", rows, {
         "model": args.model, "max_length": args.max_length,
         "examples": {task: score.n for task, score in scores.items()},
-        "msmarco_corpus": scores["msmarco"].extra.get("corpus_size") if "msmarco" in scores else None})
+        "msmarco_corpus": scores["msmarco"].extra.get("corpus_size") if "msmarco" in scores else None},
+        markdown=doc_tables.compact_embeddings)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import sys
 import numpy as np
 import torch
 
+import doc_tables
 from common import best_of, medquad_texts, report
 from gritkit import GritLM
 from gritkit.loading import default_gguf_path
@@ -175,7 +176,7 @@ def compare_llamacpp_backend(args: argparse.Namespace) -> None:
                                              "perplexity_tokens": sum(len(r) for _, r in scored),
                                              "reply_prompts": len(replies), "reply_tokens": args.reply_tokens,
                                              "files_mb": {d: round(p.stat().st_size / 1e6) for d, p in files.items()},
-                                             "args": vars(args)})
+                                             "args": vars(args)}, markdown=doc_tables.generate_speed_llamacpp)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import doc_tables
 from common import best_of, medquad_texts, report
 from generate_speed import PROMPT, gritkit_decode, llama_cpp_seconds
 from gritkit import GritLM
@@ -106,7 +107,8 @@ def main() -> None:
     source = default_gguf_path()
     rows.append(row("llama.cpp, package Q4_1 (base, no adapter)", llama_cpp_seconds(ids, args.new_tokens, threads, args.repeats),
                     source.stat().st_size, **{"greedy = gritkit": "-", "embedding cosine (min)": "-", "export s": "-"}))
-    report("gguf_speed", rows, {"prompt_tokens": len(ids), "threads": threads, "texts": args.texts, "args": vars(args)})
+    report("gguf_speed", rows, {"prompt_tokens": len(ids), "threads": threads, "texts": args.texts, "args": vars(args)},
+           markdown=doc_tables.gguf_speed)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def main() -> None:
     # Imported here, not at the top: the spawned workers re-import this module and must not load torch early.
     import torch
 
+    import doc_tables
     from common import write_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -124,7 +125,8 @@ def main() -> None:
                 print(f"{size:>6} {method:>10} {row['peak_extra_mib']:>15.1f} {row['ms_per_example']:>11.2f} {row['step_s']:>8.2f}")
             else:
                 print(f"{size:>6} {method:>10} {'OOM' if row.get('oom') else 'failed':>15}")
-    print(f"wrote {write_results(Path(args.output), {'args': vars(args), 'rows': rows})}")
+    record = {"args": vars(args), "rows": rows}
+    print(f"\n{doc_tables.gradcache_memory(record)}\nwrote {write_results(Path(args.output), record)}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 import torch
 
+import doc_tables
 from common import report
 from gritkit import GritLM
 from gritkit.paths import data_dir
@@ -120,9 +121,11 @@ def main() -> None:
     faiss.omp_set_num_threads(1)
     if not args.skip_build:
         with tempfile.TemporaryDirectory() as folder:
-            report("index_build", build_rows(squad_paragraphs(args.docs), args.workers, Path(folder)))
+            report("index_build", build_rows(squad_paragraphs(args.docs), args.workers, Path(folder)),
+                   markdown=doc_tables.index_build)
     dim = 576  # the default model's embedding size
-    report("index_search_hnsw", search_rows(args.vectors, dim, args.queries, args.ef_search))
+    report("index_search_hnsw", search_rows(args.vectors, dim, args.queries, args.ef_search),
+           markdown=doc_tables.index_search_hnsw)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import doc_tables  # noqa: E402
 from common import report  # noqa: E402
 
 from gritkit import GritLM  # noqa: E402
@@ -94,7 +95,7 @@ def main() -> None:
         "dataset": "retrieval_nano/msmarco", "passages": len(corpus), "chunks": len(embedded.chunks),
         "queries": len(queries), "embed_seconds": round(embed_seconds, 1), "model": model.name,
         "note": "query_ms: one Index.search by vector (compact search, rescoring, reading k passages from SQLite); "
-                "the query's embedding is not included"})
+                "the query's embedding is not included"}, markdown=doc_tables.index_precision)
 
 
 if __name__ == "__main__":

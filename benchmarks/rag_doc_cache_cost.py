@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+import doc_tables  # noqa: E402
 from common import report  # noqa: E402
 from gritkit import GritLM  # noqa: E402
 from gritkit.eval.tasks.tydiqa import load_squad  # noqa: E402
@@ -87,7 +88,7 @@ def main() -> None:
     model = GritLM.from_pretrained(args.model)
     filler = " ".join(item.context for item in load_squad("tydiqa_goldp/train/tydiqa.goldp.en.train.json")[:200])
     rows = [row for length in args.lengths for row in measure(model, length, args.repeats, args.max_new_tokens, filler)]
-    report("rag_doc_cache_cost", rows, {"config": vars(args)})
+    report("rag_doc_cache_cost", rows, {"config": vars(args)}, markdown=doc_tables.rag_doc_cache_cost)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+import doc_tables  # noqa: E402
 from common import write_results  # noqa: E402
 from gritkit import GritLM  # noqa: E402
 from gritkit.eval.tasks.tydiqa import load_squad  # noqa: E402
@@ -101,31 +102,6 @@ def run_latency(model: GritLM, lengths: list[int], repeats: int, max_new_tokens:
     return results
 
 
-def markdown(results: dict) -> str:
-    lines = []
-    latency = results.get("latency")
-    if latency:
-        lengths = list(latency["A"])
-        header = ["Mode"] + [f"A L={n}" for n in lengths] + [f"B L={n}" for n in lengths]
-        lines += ["Latency in seconds, mean ± std (change vs. the uncached prompt of the same order):", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for label, *_ in MODES:
-            cells = []
-            for sample in ("A", "B"):
-                for n in lengths:
-                    mode = latency[sample][n]["modes"][label]
-                    change = f" ({mode['change_pct']:+.0f}%)" if "change_pct" in mode else ""
-                    cells.append(f"{mode['mean']:.2f} ± {mode['std']:.2f}{change}")
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines += ["", "| Per document | " + " | ".join(f"L={n}" for n in lengths) + " |",
-                  "|---|" + "---|" * len(lengths),
-                  "| doc cache build, s (Sample A, apart) | "
-                  + " | ".join(f"{latency['A'][n]['cache_build_s']:.2f}" for n in lengths) + " |",
-                  "| KV bytes stored (fp16) | "
-                  + " | ".join(f"{latency['A'][n]['kv_bytes'] / 1e6:.1f} MB" for n in lengths) + " |"]
-    return "\n".join(lines)
-
-
 def plot(latency: dict, path: Path) -> None:
     import matplotlib
 
@@ -166,7 +142,8 @@ def main() -> None:
                           "threads": torch.get_num_threads()}}
     results["latency"] = run_latency(model, args.lengths, args.repeats, args.max_new_tokens, filler_text())
     write_results(args.output, results)
-    print(markdown(results))
+    print("Latency in seconds, mean ± std (change vs. the uncached prompt of the same order):\n")
+    print(doc_tables.rag_latency(results))
     plot(results["latency"], args.output.with_suffix(".png"))
     print(f"\nwrote {args.output} and {args.output.with_suffix('.png')}")
 

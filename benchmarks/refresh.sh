@@ -8,7 +8,8 @@
 #   benchmarks/refresh.sh embed_throughput serve_load   # only these steps (names below)
 #
 # GRITKIT_BENCHMARK_RESULTS=DIR writes the records to DIR instead of benchmarks/results (a trial run).
-# Then: python benchmarks/core_table.py, paste into README.md, and update the pages that cite the records.
+# Then: python benchmarks/core_table.py and python benchmarks/doc_tables.py, paste their tables into README.md
+# and docs/ (tests/test_provenance.py and tests/test_doc_tables.py check them), and update the prose that cites them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -35,6 +35,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import doc_tables  # noqa: E402
 from common import launched_server, report  # noqa: E402
 
 STATUSES: list[int] = []  # every status the server answered in this run
@@ -256,7 +257,7 @@ def main() -> None:
 
     errors = sum(status >= 500 for status in STATUSES)
     row("whole run", "5xx responses", errors, f"0 of {len(STATUSES)}", errors == 0)
-    report("serve_abuse", rows, {"server_errors": SERVER_ERRORS})
+    report("serve_abuse", rows, {"server_errors": SERVER_ERRORS}, markdown=doc_tables.serve_abuse)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import doc_tables  # noqa: E402
 from common import launched_server, write_results  # noqa: E402
 
 TOPICS = ["the weather", "a football match", "protein folding", "the stock market", "medieval castles",
@@ -124,16 +125,9 @@ def summary(result: dict) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{'phase':<22}{'kind':<12}{'requests':>9}{'req/s':>9}{'p50 s':>9}{'p95 s':>9}{'p99 s':>9}"
-          f"{'errors':>8}{'cut off':>9}")
-    for phase in ("mixed", "embeddings_batched", "embeddings_one_by_one"):
-        if phase not in report:
-            continue
-        result = report[phase]
-        for kind, stats in result["kinds"].items():
-            print(f"{phase:<22}{kind:<12}{stats['requests']:>9}{stats['requests_per_s']:>9.2f}{stats['p50_s']:>9.3f}"
-                  f"{stats['p95_s']:>9.3f}{stats['p99_s']:>9.3f}{result['errors']:>8}"
-                  f"{result['cut_off_after_grace']:>9}")
+    print("\n" + doc_tables.serve_load(report))
+    cut_off = {phase: report[phase]["cut_off_after_grace"] for phase in doc_tables.SERVE_LOAD_PHASES if phase in report}
+    print(f"requests cut off after the grace period: {cut_off}")
     if "batched_vs_one_by_one" in report:
         print(f"\nembeddings throughput, micro-batched vs one-by-one: {report['batched_vs_one_by_one']:.2f}x "
               f"(mean server batch {report['embeddings_batched']['mean_server_batch']:.1f} texts)")

@@ -78,12 +78,17 @@ BENCHMARK_RESULTS = ROOT / "benchmarks" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CITATION = re.compile(r"benchmarks/results/([\w.*-]+\.json)")
 
-def core_table():
-    """benchmarks/core_table.py, the script that prints the README's Core benchmarks table."""
-    spec = importlib.util.spec_from_file_location("core_table", ROOT / "benchmarks" / "core_table.py")
+def benchmark_script(name: str):
+    """benchmarks/<name>.py, loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def core_table():
+    """benchmarks/core_table.py, the script that prints the README's Core benchmarks table."""
+    return benchmark_script("core_table")
 
 
 def cited_records() -> dict[str, str]:
