@@ -35,7 +35,7 @@ steps=(
     "generate_speed_llamacpp|$python benchmarks/generate_speed.py --llamacpp-backend --new-tokens 128 --repeats 2"
     "gradcache_memory_cpu|$python benchmarks/gradcache_memory.py --sizes 4,8,16,32 --chunk-size 4 --passage-words 24 --output $out/gradcache_memory_cpu.json"
     "gguf_speed|OMP_NUM_THREADS=1 $python benchmarks/gguf_speed.py --new-tokens 64 --repeats 2 --dtypes q8_0 --texts 4"
-    "compact_embeddings|OMP_NUM_THREADS=1 $python benchmarks/compact_embeddings.py --tasks stsb --sts-limit 300 --max-length 128"
+    "compact_embeddings|OMP_NUM_THREADS=1 $python benchmarks/compact_embeddings.py --tasks stsb,msmarco --sts-limit 300 --msmarco-limit 5 --max-length 128"
     "index_build|$python benchmarks/index_build.py --docs 200 --vectors 100000 --queries 500"
     "rag_latency|$python benchmarks/rag_latency.py --lengths 250 500 1000 2000 4000 --repeats 2 --threads 1 --output $out/rag_latency.json"
     "serve_abuse|OMP_NUM_THREADS=1 $python benchmarks/serve_abuse.py"
