@@ -3,9 +3,12 @@
     python recipes/gritsmol_v2_table.py
 Columns: MiniLM and v1 (results/ablation, results/gritsmol-v2), the GPU arms (results/gritsmol-v2-gpu,
 recipes/device/README.md), the CPU CoSENT stage on top of GPU norag (recipes/gritsmol_v2_cosent.yaml) and
-the short chat stage after it, which ships (recipes/gritsmol_v2_cosent_chat.yaml; both in
-results/gritsmol-v2-cosent), and the CPU cache-aware RAG stage on self-distilled targets after that
-(recipes/gritsmol_v2_rag.yaml, results/gritsmol-v2-rag). The earlier CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
+the short chat stage after it (recipes/gritsmol_v2_cosent_chat.yaml; both in
+results/gritsmol-v2-cosent), the CPU cache-aware RAG stage on self-distilled targets after that
+(recipes/gritsmol_v2_rag.yaml, results/gritsmol-v2-rag), and the same stage with the uncached path anchored
+(recipes/gritsmol_v2_rag_anchored.yaml, results/gritsmol-v2-rag-anchored) followed by 45 more of its steps,
+which ships (recipes/gritsmol_v2_rag_anchored_more.yaml, results/gritsmol-v2-rag-anchored-more). The earlier
+CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ ARMS = {  # column: (eval-record files by suite, RAG results file)
     "GPU distill": evaluated("gritsmol-v2-gpu/distill"),
     "GPU gold-distill": evaluated("gritsmol-v2-gpu/gold-distill"),
     "norag + CoSENT": evaluated("gritsmol-v2-cosent/cosent"),
-    "+ chat (shipped)": evaluated("gritsmol-v2-cosent/cosent-chat"),
-    "+ self-distilled RAG stream": evaluated("gritsmol-v2-rag/rag"),
+    "+ chat": evaluated("gritsmol-v2-cosent/cosent-chat"),
+    "+ RAG stream, live teacher": evaluated("gritsmol-v2-rag/rag"),
+    "+ anchored RAG stream": evaluated("gritsmol-v2-rag-anchored/anchored"),
+    "+ 45 more steps (shipped)": evaluated("gritsmol-v2-rag-anchored-more/anchored-more"),
 }
 EMBEDDING_ROWS = [("sentence", "stsb", 200), ("sentence", "mrpc", 200), ("sentence", "banking77", 200),
                   ("sentence", "twentynewsgroups", 200), ("reranking", "trecqa", 30), ("retrieval", "msmarco", 5)]
