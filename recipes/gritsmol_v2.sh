@@ -4,6 +4,7 @@
 # resumes from its newest checkpoint). On 2 CPU cores: ~1 h per stage-2 arm, ~1-2 h of evaluation per model.
 #   recipes/gritsmol_v2.sh              # everything
 #   STEPS="train eval" recipes/gritsmol_v2.sh
+#   STEPS=stages recipes/gritsmol_v2.sh  # the shipped default's CPU stages 3-6 on top of the GPU stage 2
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,29 @@ if [[ $steps == *train* ]]; then
     [ -f runs/gritsmol-v2-norag/adapter_config.json ] ||
       gritkit train recipes/gritsmol_v2.yaml --rag-data "[]" --output-dir runs/gritsmol-v2-norag --resume
   fi
+fi
+
+# The shipped default's CPU stages 3-6, on top of stage 2 (runs/gritsmol-v2-gpu-norag, from the GPU run of
+# recipes/device/README.md), then the adapter: STEPS=stages recipes/gritsmol_v2.sh   (~2 h on 2 cores)
+if [[ $steps == *stages* ]]; then
+  [ -f runs/gritsmol-v2-gpu-norag/adapter_config.json ] || { echo "stage 2 first: recipes/device/README.md" >&2; exit 1; }
+  [ -f data/gritsmol-v2-gpu-mix/mix.json ] || gritkit data build data/gritsmol-v2-gpu-mix --max-per-source 4000
+  [ -f data/gritsmol-v3-sts/mix.json ] || gritkit data build data/gritsmol-v3-sts --source stsb_scored --source nli
+  [ -f data/gritsmol-v3-keep/mix.json ] || gritkit data build data/gritsmol-v3-keep --max-per-source 320 --source medquad \
+    --source tydiqa --source wikiqa --source flickr8k --source banking77 --source twentynewsgroups --source t0 \
+    --source flan_cot --source gsm8k
+  [ -f data/gritsmol-v3-chat/mix.json ] || gritkit data build data/gritsmol-v3-chat --source selfinstruct --source gsm8k --max-per-source 175
+  [ -f runs/gritsmol-v2-cosent/adapter_config.json ] || gritkit train recipes/gritsmol_v2_cosent.yaml --resume            # 3
+  [ -f runs/gritsmol-v2-cosent-chat/adapter_config.json ] || gritkit train recipes/gritsmol_v2_cosent_chat.yaml --resume  # 4
+  self=data/gritsmol-v3-self-clean/rag/tydiqa.jsonl
+  [ -f $self ] && [ ! -f $self.progress ] || gritkit data self-targets data/gritsmol-v2-gpu-mix/rag/tydiqa.jsonl --output $self \
+    --model runs/gritsmol-v2-cosent-chat --batch-size 16 --max-new-tokens 48 --limit 1400
+  [ -f data/gritsmol-v3-selfchat/generative/rag_chat.jsonl ] ||
+    gritkit data rag-chat $self --output data/gritsmol-v3-selfchat/generative/rag_chat.jsonl
+  [ -f runs/gritsmol-v2-rag-anchored/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_anchored.yaml --resume  # 5
+  [ -f runs/gritsmol-v2-rag-anchored-more/adapter_config.json ] ||
+    gritkit train recipes/gritsmol_v2_rag_anchored_more.yaml --resume                                                    # 6
+  echo "ship: gritkit export-adapter runs/gritsmol-v2-rag-anchored-more gritkit/adapters/gritsmol --results <its eval records>"
 fi
 
 evaluate() {  # name model suite tasks limit
