@@ -210,11 +210,11 @@ def test_int8_quantised_model_still_embeds_and_answers(default_model):
     assert cosine.min() > 0.8
     question = [{"role": "user", "content": "What color is the sky on a clear day?"}]
     assert "blue" in quantised.generate(question, max_new_tokens=16)
-    # fp32 keeps the fact; int8 stays on topic but may lose it (the shipped v2 in fp32: "Paris is the
-    # capital of France."; in int8: "France is a country in Western Europe. The answer is France")
+    # fp32 keeps the fact; int8 stays on topic but may lose it (the four-stage v2 in int8: "France is a
+    # country in Western Europe. The answer is France"; the six-stage v2 in int8: "Paris.")
     france = [{"role": "user", "content": "What is the capital of France?"}]
     assert "Paris" in default_model.generate(france, max_new_tokens=16)
-    assert "France" in quantised.generate(france, max_new_tokens=16)
+    assert any(word in quantised.generate(france, max_new_tokens=16) for word in ("Paris", "France"))
     with pytest.raises(ValueError, match="int8"):
         GritLM.from_pretrained(quantize="int4")
     assert quantised.fingerprint != default_model.fingerprint  # an index of fp32 vectors refuses int8
