@@ -89,9 +89,9 @@ def cached_segment_kinds(cache: CacheMode) -> tuple[str, ...]:
 
 def rag_user_message(question: str, documents: Sequence[str], order: Order = "query_first") -> str:
     """The user's message of classic (uncached) RAG: question, passages and the GRIT RAG instruction."""
-    joined = "\n\n".join(documents)
     if not documents:
         return question
+    joined = "\n\n".join(documents)
     if order == "query_first":
         return f"{question}\n\n{joined}\n\n{QUERY_FIRST_INSTRUCTION}"
     return f"{joined}\n\n{question}\n\n{DOC_FIRST_INSTRUCTION}"
@@ -102,10 +102,10 @@ def rag_prompt(tokenizer, question: str, documents: Sequence[str], cache: CacheM
     """The text run through the model after the cached segments (the whole prompt for ``none``)."""
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
-    joined = "\n\n".join(documents)
     if cache == "none":
         content = rag_user_message(question, documents, order)
         return chat_prompt(tokenizer, [{"role": "user", "content": content}]) + answer_prefix
+    joined = "\n\n".join(documents)
     content = {
         "query": f"{joined}\n\n{QUERY_FIRST_INSTRUCTION}",
         "doc": f"{question}\n\n{DOC_FIRST_INSTRUCTION}",
