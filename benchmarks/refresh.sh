@@ -36,7 +36,7 @@ steps=(
     "gradcache_memory_cpu|$python benchmarks/gradcache_memory.py --sizes 4,8,16,32 --chunk-size 4 --passage-words 24 --output $out/gradcache_memory_cpu.json"
     "gguf_speed|OMP_NUM_THREADS=1 $python benchmarks/gguf_speed.py --new-tokens 64 --repeats 2 --dtypes q8_0 --texts 4"
     "compact_embeddings|OMP_NUM_THREADS=1 $python benchmarks/compact_embeddings.py --tasks stsb,msmarco --sts-limit 300 --msmarco-limit 5 --max-length 128"
-    "index_build|$python benchmarks/index_build.py --docs 200 --vectors 100000 --queries 500"
+    "index_build|$python benchmarks/index_build.py --docs 2000 --vectors 100000 --queries 500"
     "rag_latency|$python benchmarks/rag_latency.py --lengths 250 500 1000 2000 4000 --repeats 2 --threads 1 --output $out/rag_latency.json"
     "serve_abuse|OMP_NUM_THREADS=1 $python benchmarks/serve_abuse.py"
     "serve_load|$python benchmarks/serve_load.py --seconds 30 --ratio-seconds 20 --grace 30 --output $out/serve_load.json"
