@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "results"
-SUITES = ("sentence", "reranking", "retrieval", "sts-full", "generative-100")
+SUITES = ("sentence", "reranking", "retrieval", "sts-full", "msmarco-full", "generative-100")
 
 
 def evaluated(prefix: str, rag: str | None = None) -> tuple[dict[str, str], str]:
@@ -27,7 +27,8 @@ def evaluated(prefix: str, rag: str | None = None) -> tuple[dict[str, str], str]
 
 ARMS = {  # column: (eval-record files by suite, RAG results file)
     "MiniLM": ({"sentence": "ablation/minilm-sentence.json", "reranking": "ablation/minilm-reranking.json",
-                "retrieval": "ablation/minilm-retrieval.json", "sts-full": "gritsmol-v2/minilm-sts-full.json"}, None),
+                "retrieval": "ablation/minilm-retrieval.json", "sts-full": "gritsmol-v2/minilm-sts-full.json",
+                "msmarco-full": "gritsmol-v2-rag-anchored-more/minilm-msmarco-full.json"}, None),
     "v1": ({"sentence": "ablation/unified-sentence.json", "reranking": "ablation/unified-reranking.json",
             "retrieval": "ablation/unified-retrieval.json", "sts-full": "gritsmol-v2/v1-sts-full.json",
             "generative-100": "gritsmol-v2/v1-generative-100.json"}, "gritsmol-v2/v1-rag.json"),
@@ -46,6 +47,7 @@ OTHER_ROWS = [("sts-full", "stsb", "stsb, with the STS instruction (1,379)"),
               ("sts-full", "stsb_noinstruction", "stsb, no instruction (1,379)"),
               ("sts-full", "stsb/spearman_unseen", "stsb, with the instruction, the 1,367 pairs not in STS-B train"),
               ("sts-full", "stsb_noinstruction/spearman_unseen", "stsb, no instruction, the 1,367 pairs not in STS-B train"),
+              ("msmarco-full", "msmarco", "msmarco nDCG@10, every query with a positive, over all 5,000 passages"),
               ("generative-100", "mmlu", "mmlu (100)"), ("generative-100", "perplexity", "perplexity (100, lower is better)"),
               ("generative-100", "nq_open", "nq_open closed book (100)")]
 RAG_MODES = [("rag_doc_first", "RAG doc-first (uncached)"), ("rag_query_first", "RAG query-first (uncached)"),
