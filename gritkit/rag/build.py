@@ -261,8 +261,8 @@ def build_index(
                    .flat_map(shard_rows, fn_kwargs={"shard_size": shard_size, "options": options}, num_cpus=0)
                    .map_batches(ShardEmbedder, fn_constructor_kwargs={"model_spec": model, "chunking": chunking,
                                                                        "cache_kv": cache_kv, "finished": finished},
-                                batch_size=1, batch_format="numpy", concurrency=workers, num_cpus=cpus_per_worker,
-                                num_gpus=gpus_per_worker))
+                                batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+                                num_cpus=cpus_per_worker, num_gpus=gpus_per_worker))
         order, embed_seconds, load_seconds = [], 0.0, set()
         for row in dataset.iter_rows():  # streamed: each payload is written as it arrives
             shard_id = str(row["shard_id"])
