@@ -4,7 +4,7 @@
 # resumes from its newest checkpoint). On 2 CPU cores: ~1 h per stage-2 arm, ~1-2 h of evaluation per model.
 #   recipes/gritsmol_v2.sh              # everything
 #   STEPS="train eval" recipes/gritsmol_v2.sh
-#   STEPS=stages recipes/gritsmol_v2.sh  # the shipped default's CPU stages 3-6 on top of the GPU stage 2
+#   STEPS=stages recipes/gritsmol_v2.sh  # the shipped default's CPU stages 3-7 on top of the GPU stage 2
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +29,8 @@ if [[ $steps == *train* ]]; then
   fi
 fi
 
-# The shipped default's CPU stages 3-6, on top of stage 2 (runs/gritsmol-v2-gpu-norag, from the GPU run of
-# recipes/device/README.md), then the adapter: STEPS=stages recipes/gritsmol_v2.sh   (~2 h on 2 cores)
+# The shipped default's CPU stages 3-7, on top of stage 2 (runs/gritsmol-v2-gpu-norag, from the GPU run of
+# recipes/device/README.md), then the adapter: STEPS=stages recipes/gritsmol_v2.sh   (~3 h on 2 cores)
 if [[ $steps == *stages* ]]; then
   [ -f runs/gritsmol-v2-gpu-norag/adapter_config.json ] || { echo "stage 2 first: recipes/device/README.md" >&2; exit 1; }
   [ -f data/gritsmol-v2-gpu-mix/mix.json ] || gritkit data build data/gritsmol-v2-gpu-mix --max-per-source 4000
@@ -49,7 +49,15 @@ if [[ $steps == *stages* ]]; then
   [ -f runs/gritsmol-v2-rag-anchored/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_anchored.yaml --resume  # 5
   [ -f runs/gritsmol-v2-rag-anchored-more/adapter_config.json ] ||
     gritkit train recipes/gritsmol_v2_rag_anchored_more.yaml --resume                                                    # 6
-  echo "ship: gritkit export-adapter runs/gritsmol-v2-rag-anchored-more gritkit/adapters/gritsmol --results <its eval records>"
+  fresh=data/gritsmol-v4-self/rag/tydiqa.jsonl  # stage 6's own answers to the TyDi QA train rows stages 5-6 never used
+  mkdir -p data/gritsmol-v4-src/rag
+  [ -f data/gritsmol-v4-src/rag/tydiqa.jsonl ] || tail -n +1401 data/gritsmol-v2-gpu-mix/rag/tydiqa.jsonl > data/gritsmol-v4-src/rag/tydiqa.jsonl
+  [ -f $fresh ] && [ ! -f $fresh.progress ] || gritkit data self-targets data/gritsmol-v4-src/rag/tydiqa.jsonl --output $fresh \
+    --model runs/gritsmol-v2-rag-anchored-more --batch-size 16 --max-new-tokens 48
+  [ -f data/gritsmol-v4-selfchat/generative/rag_chat.jsonl ] ||
+    gritkit data rag-chat $fresh --output data/gritsmol-v4-selfchat/generative/rag_chat.jsonl
+  [ -f runs/gritsmol-v2-rag-fresh/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_fresh.yaml --resume          # 7
+  echo "ship: gritkit export-adapter runs/gritsmol-v2-rag-fresh gritkit/adapters/gritsmol --results <its eval records>"
 fi
 
 evaluate() {  # name model suite tasks limit
