@@ -125,7 +125,38 @@ def chat(
             reply(text)
 
 
+cache_app = typer.Typer(no_args_is_help=True, help="The converted models under ~/.cache/gritkit (or $GRITKIT_CACHE).")
+
+
+@cache_app.command("list")
+def cache_list() -> None:
+    """One line per cached model: size, kind, whether the current default loads it, path."""
+    from gritkit.loading import cache_dir, cache_entries
+
+    entries = cache_entries()
+    for entry in entries:
+        typer.echo(f"{entry.size / 1e6:8.0f} MB  {entry.kind:<7} {'in use' if entry.in_use else '      '}  {entry.path}")
+    typer.echo(f"{sum(entry.size for entry in entries) / 1e9:.1f} GB in {len(entries)} entries under {cache_dir()}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    everything: Annotated[bool, typer.Option("--all", help="Also delete what the current default loads")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted")] = False,
+) -> None:
+    """Delete the cached models the current default does not load (older adapters, other GGUF files, exports).
+    Anything deleted is converted again when a model next needs it."""
+    from gritkit.loading import prune_cache
+
+    doomed = prune_cache(everything=everything, dry_run=dry_run)
+    for entry in doomed:
+        typer.echo(f"{'would delete' if dry_run else 'deleted'} {entry.path}")
+    typer.echo(f"{'would free' if dry_run else 'freed'} {sum(entry.size for entry in doomed) / 1e9:.1f} GB "
+               f"({len(doomed)} entries)")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(embed)
     app.command()(similarity)
     app.command()(chat)
+    app.add_typer(cache_app, name="cache")

@@ -24,6 +24,8 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -88,16 +90,61 @@ def convert_gguf(gguf_path: str | Path) -> Path:
     return target
 
 
+def _merged_default_path() -> Path:
+    base = _gguf_cache_path(default_gguf_path())
+    digest = hashlib.sha256((SHIPPED_ADAPTER_DIR / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+    return cache_dir() / "merged" / f"gritsmol-{digest}-on-{base.name}"
+
+
 def merged_default_dir() -> Path:
     """The shipped adapter merged into the base, saved in the cache once, so the default loads
     like a plain model (no peft import, no merge: ~0.6 s less cold start). Keyed on the adapter's bytes."""
-    base = _gguf_cache_path(default_gguf_path())
-    digest = hashlib.sha256((SHIPPED_ADAPTER_DIR / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
-    target = cache_dir() / "merged" / f"gritsmol-{digest}-on-{base.name}"
+    target = _merged_default_path()
     if not (target / "config.json").is_file():
         model, tokenizer = _load_adapter_dir(SHIPPED_ADAPTER_DIR, torch.float32, "cpu", merge=True)
         _save_to_cache(model, tokenizer, target)
     return target
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One converted model in the cache: ``kind`` is gguf (a GGUF conversion), merged (a default with its
+    adapter merged) or export (a GGUF written for the llamacpp backend); ``in_use`` if the current default loads it."""
+
+    path: Path
+    kind: str
+    size: int
+    in_use: bool
+
+
+def cache_entries() -> list[CacheEntry]:
+    """Everything under :func:`cache_dir`, largest first. Each GGUF file, reinstall or adapter version
+    gets its own entry, and nothing evicts them: see :func:`prune_cache`."""
+    try:
+        in_use = {_gguf_cache_path(default_gguf_path()), _merged_default_path()}
+    except (ModelLoadError, OSError):  # no default installed: nothing is in use
+        in_use = set()
+    entries = []
+    for kind_dir in ("gguf", "merged"):
+        for path in sorted((cache_dir() / kind_dir).glob("*")):
+            if path.name.startswith(".") and time.time() - path.stat().st_mtime < 3600:
+                continue  # another process may be writing this staging folder right now
+            files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+            entries.append(CacheEntry(path, "export" if path.is_file() else kind_dir,
+                                      sum(f.stat().st_size for f in files), path in in_use))
+    return sorted(entries, key=lambda entry: -entry.size)
+
+
+def prune_cache(*, everything: bool = False, dry_run: bool = False) -> list[CacheEntry]:
+    """Delete every cache entry the current default does not load (all of them with ``everything``);
+    return what was (or, with ``dry_run``, would be) deleted. A deleted entry is rebuilt when next needed."""
+    doomed = [entry for entry in cache_entries() if everything or not entry.in_use]
+    for entry in [] if dry_run else doomed:
+        if entry.path.is_file():
+            entry.path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+    return doomed
 
 
 def _save_to_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:

@@ -49,3 +49,26 @@ def test_chat_one_shot_and_interactive():
     assert one_shot.returncode == 0 and "Paris" in one_shot.stdout
     interactive = gritkit("chat", "--max-new-tokens", "16", stdin="What is the capital of France?\n")
     assert interactive.returncode == 0 and "Paris" in interactive.stdout and ">>>" in interactive.stdout
+
+
+def test_cache_prune_keeps_what_the_default_loads(tmp_path, monkeypatch):
+    from gritkit.loading import cache_entries, merged_default_dir
+
+    monkeypatch.setenv("GRITKIT_CACHE", str(tmp_path))
+    merged = merged_default_dir()  # converts the GGUF and merges the adapter into this empty cache
+    stale_merge = tmp_path / "merged" / "gritsmol-000000000000-on-old"
+    stale_merge.mkdir()
+    (stale_merge / "model.safetensors").write_bytes(b"x" * 1000)
+    stale_export = tmp_path / "gguf" / "0123456789abcdef01234567.q8_0.gguf"
+    stale_export.write_bytes(b"y" * 10)
+    assert {(entry.kind, entry.in_use) for entry in cache_entries()} == {
+        ("gguf", True), ("merged", True), ("merged", False), ("export", False)}
+
+    dry = gritkit("cache", "prune", "--dry-run")
+    assert dry.returncode == 0 and "would free" in dry.stdout and stale_merge.exists() and stale_export.exists()
+    pruned = gritkit("cache", "prune")
+    assert pruned.returncode == 0 and "(2 entries)" in pruned.stdout, pruned.stdout
+    assert not stale_merge.exists() and not stale_export.exists()
+    assert (merged / "config.json").is_file() and merged_default_dir() == merged
+    listed = gritkit("cache", "list")
+    assert listed.returncode == 0 and listed.stdout.count("in use") == 2 and "in 2 entries" in listed.stdout

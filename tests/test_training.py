@@ -437,6 +437,21 @@ def test_data_build_v2_sources_symmetric_instructions_and_rag_rows(tmp_path):
     assert not dev_questions & {example.question for example in rag}
 
 
+def test_adversarialqa_rag_rows_are_parsed_from_t0_and_kept_apart_from_squad_dev(tmp_path):
+    from gritkit.training.build import build_training_mix
+    from gritkit.training.data import read_rag_data
+
+    counts = build_training_mix(tmp_path, sources=["rag-adversarialqa"])
+    rag = read_rag_data([tmp_path / "rag" / "adversarialqa.jsonl"])
+    assert counts["rag-adversarialqa"] == len(rag) > 500  # 600 unique questions in t0_train_50k's templates
+    assert all(e.answer in e.passages[0] and len(e.passages) == 2 for e in rag)
+    assert not any(e.question.startswith(("Question:", '"')) or "Context:" in e.question for e in rag)
+    squad = json.loads((data_dir() / "squad_v1_dev" / "dev-v1.1.json").read_text())
+    squad_sentences = {s.strip() for a in squad["data"] for p in a["paragraphs"] for s in p["context"].split(". ")
+                       if len(s) > 60}
+    assert not squad_sentences & {s.strip() for e in rag for s in e.passages[0].split(". ")}
+
+
 def test_info_nce_groups_drop_same_group_positives_from_the_negatives():
     torch.manual_seed(0)
     queries, passages = torch.randn(4, 8), torch.randn(8, 8)  # two passages (positive, negative) per query

@@ -237,6 +237,16 @@ def test_rag_chat_rows_are_the_doc_first_turn_the_target_answered(default_model,
     assert trained.startswith("1889")  # only the answer is trained
 
 
+def test_rag_chat_correct_only_drops_wrong_self_targets(tmp_path):
+    source, chat = tmp_path / "rag.jsonl", tmp_path / "rag_chat.jsonl"
+    rows = [{"question": "When was it completed?", "passages": ["It was completed in 1889."], "answer": answer,
+             "gold_answer": "1889"} for answer in ("In 1889.", "In 1990.")]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = CliRunner().invoke(app, ["data", "rag-chat", str(source), "--output", str(chat), "--correct-only"])
+    assert result.exit_code == 0 and "1 chat rows" in result.output, result.output
+    assert [json.loads(line)["messages"][1]["content"] for line in chat.read_text().splitlines()] == ["In 1889."]
+
+
 def test_a_frozen_teacher_keeps_the_starting_weights_while_training_moves(tiny_model):
     from gritkit.training.trainer import frozen_copy
 

@@ -12,7 +12,8 @@ instruction on both sides and half none, so the model embeds well without an ins
 Generative sources (chat ``messages``): t0_train_50k, flan_cot, gsm8k train, selfinstruct_seed.
 RAG sources (``rag/<source>.jsonl``: question, passages with the gold one first, answer), for the
 cache-aware stream: tydiqa_goldp English train (gold paragraph cut to a window around the answer,
-a paragraph of another article as a distractor).
+a paragraph of another article as a distractor) and AdversarialQA questions parsed from t0_train_50k
+(SQuAD-style Wikipedia paragraphs; any paragraph that is also in squad_v1_dev is dropped).
 
 No row comes from an evaluation split; where a train split repeats a text of its test split
 (banking77 queries, 20 Newsgroups subjects, WikiQA and GSM8K questions) that train row is dropped too.
@@ -276,13 +277,55 @@ def tydiqa_rag(root: Path, rng: random.Random) -> list[dict]:
     return rows
 
 
+# (question, context) as written by t0_train_50k's adversarial_qa templates; the answer is the completion
+ADVERSARIAL_QA_PATTERNS = {
+    "based_on": re.compile(r"Extract the answer to the question from the following context\.\nQuestion: (?P<q>.+?)\n"
+                           r"Context: (?P<c>.+)", re.S),
+    "question_context_answer": re.compile(r'Question: "(?P<q>.+?)"\n\nContext: "(?P<c>.+)"\n\nAnswer:', re.S),
+    "answer_the_following_q": re.compile(r'Given the following passage\n\n"(?P<c>.+)",\n\nanswer the following question\. '
+                                         r"Note that the answer is present within the text\.\n\nQuestion: (?P<q>.+)", re.S),
+    "tell_what_it_is": re.compile(r'I know that the answer to the question "(?P<q>.+?)" is in "(?P<c>.+)"\. '
+                                  r"Can you tell me what it is\?", re.S),
+}
+
+
+def _adversarial_qa(root: Path) -> dict[tuple[str, str], str]:
+    """Unique (question, context) -> answer from the adversarial_qa templates of t0_train_50k."""
+    found = {}
+    for row in _jsonl(root / "t0_train_50k" / "t0_train_50k.jsonl.gz"):
+        if not row["template"].startswith("adversarial_qa"):
+            continue
+        template = row["template"].split("_", 3)[-1]
+        if template in ADVERSARIAL_QA_PATTERNS and (match := ADVERSARIAL_QA_PATTERNS[template].fullmatch(row["prompt"].strip())):
+            found[(match["q"].strip(), match["c"].strip())] = row["completion"].replace("<|endoftext|>", "").strip()
+    return found
+
+
+def adversarialqa_rag(root: Path, rng: random.Random) -> list[dict]:
+    squad = json.loads((root / "squad_v1_dev" / "dev-v1.1.json").read_text())
+    held_out = {_normal(p["context"])[:200] for article in squad["data"] for p in article["paragraphs"]}
+    questions = [(q, c, a) for (q, c), a in sorted(_adversarial_qa(root).items())
+                 if len(q.split()) >= 3 and a and len(a) <= 100 and a in c and _normal(c)[:200] not in held_out]
+    contexts = sorted({c for _, c, _ in questions})
+    rows = []
+    for question, context, answer in questions:
+        gold = _answer_window(context, context.find(answer), answer, rng)
+        other = rng.choice(contexts)
+        while other == context:
+            other = rng.choice(contexts)
+        if answer in gold:
+            rows.append({"question": question, "passages": [gold, _answer_window(other, 0, "", rng)], "answer": answer})
+    return rows
+
+
 EMBEDDING_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "medquad": medquad, "twentynewsgroups": twentynewsgroups, "tydiqa": tydiqa, "wikiqa": wikiqa,
     "flickr8k": flickr8k, "banking77": banking77, "nli": nli, "stsb": stsb,
     "stsb_scored": stsb_scored, "qqp": qqp}
 GENERATIVE_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "t0": t0, "flan_cot": flan_cot, "gsm8k": gsm8k, "selfinstruct": selfinstruct}
-RAG_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {"tydiqa": tydiqa_rag}
+RAG_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {"tydiqa": tydiqa_rag,
+                                                                     "adversarialqa": adversarialqa_rag}
 
 
 def build_training_mix(output_dir: str | Path, *, source_dir: str | Path | None = None,

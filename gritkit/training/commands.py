@@ -153,13 +153,15 @@ def self_targets_command(
 def rag_chat_command(
     inputs: Annotated[list[Path], typer.Argument(help="RAG JSONL files, e.g. written by `gritkit data self-targets`")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Generative JSONL to write (chat messages)")],
+    correct_only: Annotated[bool, typer.Option(
+        "--correct-only", help="Only rows whose answer contains their gold_answer (self-targets written with --keep all)")] = False,
 ) -> None:
     """RAG rows as doc-first chat rows (gold passage, the row's answer) for the generative stream."""
     from gritkit.training.data import read_rag_data
     from gritkit.training.self_targets import chat_rows
 
     try:
-        rows = chat_rows(read_rag_data(inputs))
+        rows = chat_rows(read_rag_data(inputs), correct_only=correct_only)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     except (ValueError, OSError) as error:

@@ -50,6 +50,7 @@ class RagExample:
     question: str
     passages: list[str]  # gold first
     answer: str
+    gold_answer: str | None = None  # the gold span, when ``answer`` is a self-target
 
 
 @dataclass
@@ -181,7 +182,9 @@ def parse_rag_row(row: dict, path: Path) -> RagExample:
     passages = row.get("passages")
     if not isinstance(passages, list) or not passages or not all(isinstance(p, str) and p.strip() for p in passages):
         raise ValueError("'passages' must be a non-empty list of non-empty strings (the gold passage first)")
-    return RagExample(row["question"].strip(), [p.strip() for p in passages], row["answer"].strip())
+    gold = row.get("gold_answer")
+    return RagExample(row["question"].strip(), [p.strip() for p in passages], row["answer"].strip(),
+                      gold.strip() if isinstance(gold, str) and gold.strip() else None)
 
 
 def read_rag_data(paths: Sequence[str | Path]) -> list[RagExample]:

@@ -93,8 +93,14 @@ def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str |
     return {"rows": done["rows"], "kept": done["kept"]}
 
 
-def chat_rows(examples: Sequence[RagExample]) -> list[dict]:
-    """Each RAG row as the doc-first chat turn its self-target was answered in (gold passage only)."""
+def chat_rows(examples: Sequence[RagExample], *, correct_only: bool = False) -> list[dict]:
+    """Each RAG row as the doc-first chat turn its self-target was answered in (gold passage only).
+
+    ``correct_only`` keeps the rows whose answer contains their ``gold_answer`` (self-targets written with
+    ``keep="all"``: every answer serves the cached path's distillation, only right ones anchor chat).
+    """
+    if correct_only:
+        examples = [e for e in examples if e.gold_answer and answer_match(e.answer, [e.gold_answer])]
     return [{"messages": [{"role": "user", "content": rag_user_message(e.question, e.passages[:1], "doc_first")},
                           {"role": "assistant", "content": e.answer}]} for e in examples]
 
