@@ -4,7 +4,7 @@
 # resumes from its newest checkpoint). On 2 CPU cores: ~1 h per stage-2 arm, ~1-2 h of evaluation per model.
 #   recipes/gritsmol_v2.sh              # everything
 #   STEPS="train eval" recipes/gritsmol_v2.sh
-#   STEPS=stages recipes/gritsmol_v2.sh  # the CPU stages 3-8 on top of the GPU stage 2
+#   STEPS=stages recipes/gritsmol_v2.sh  # the shipped default's CPU stages 3-7 on top of the GPU stage 2 (STAGE8=1: also 8)
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +29,9 @@ if [[ $steps == *train* ]]; then
   fi
 fi
 
-# The CPU stages 3-8, on top of stage 2 (runs/gritsmol-v2-gpu-norag, from the GPU run of
-# recipes/device/README.md), then the adapter: STEPS=stages recipes/gritsmol_v2.sh   (~3 h on 2 cores)
+# The shipped default's CPU stages 3-7 (STAGE8=1: and the unshipped stage 8), on top of stage 2
+# (runs/gritsmol-v2-gpu-norag, from the GPU run of recipes/device/README.md), then the adapter:
+# STEPS=stages recipes/gritsmol_v2.sh   (~3 h on 2 cores)
 if [[ $steps == *stages* ]]; then
   [ -f runs/gritsmol-v2-gpu-norag/adapter_config.json ] || { echo "stage 2 first: recipes/device/README.md" >&2; exit 1; }
   [ -f data/gritsmol-v2-gpu-mix/mix.json ] || gritkit data build data/gritsmol-v2-gpu-mix --max-per-source 4000
@@ -57,14 +58,16 @@ if [[ $steps == *stages* ]]; then
   [ -f data/gritsmol-v4-selfchat/generative/rag_chat.jsonl ] ||
     gritkit data rag-chat $fresh --output data/gritsmol-v4-selfchat/generative/rag_chat.jsonl
   [ -f runs/gritsmol-v2-rag-fresh/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_fresh.yaml --resume          # 7
-  aqa=data/gritsmol-v5-self/rag/adversarialqa.jsonl  # stage 7's own answers to AdversarialQA questions, right or wrong
-  [ -f data/gritsmol-v5-src/mix.json ] || gritkit data build data/gritsmol-v5-src --source rag-adversarialqa
-  [ -f $aqa ] && [ ! -f $aqa.progress ] || gritkit data self-targets data/gritsmol-v5-src/rag/adversarialqa.jsonl --output $aqa \
-    --model runs/gritsmol-v2-rag-fresh --keep all --batch-size 16 --max-new-tokens 48
-  [ -f data/gritsmol-v5-selfchat/generative/rag_chat.jsonl ] ||
-    gritkit data rag-chat $aqa --correct-only --output data/gritsmol-v5-selfchat/generative/rag_chat.jsonl
-  [ -f runs/gritsmol-v2-rag-aqa/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_aqa.yaml --resume              # 8
-  echo "ship: gritkit export-adapter runs/gritsmol-v2-rag-aqa gritkit/adapters/gritsmol --results <its eval records>"
+  echo "ship: gritkit export-adapter runs/gritsmol-v2-rag-fresh gritkit/adapters/gritsmol --results <its eval records>"
+  if [ -n "${STAGE8:-}" ]; then  # stage 8 on AdversarialQA targets: measured, not shipped (README)
+    aqa=data/gritsmol-v5-self/rag/adversarialqa.jsonl  # stage 7's own answers to AdversarialQA questions, right or wrong
+    [ -f data/gritsmol-v5-src/mix.json ] || gritkit data build data/gritsmol-v5-src --source rag-adversarialqa
+    [ -f $aqa ] && [ ! -f $aqa.progress ] || gritkit data self-targets data/gritsmol-v5-src/rag/adversarialqa.jsonl --output $aqa \
+      --model runs/gritsmol-v2-rag-fresh --keep all --batch-size 16 --max-new-tokens 48
+    [ -f data/gritsmol-v5-selfchat/generative/rag_chat.jsonl ] ||
+      gritkit data rag-chat $aqa --correct-only --output data/gritsmol-v5-selfchat/generative/rag_chat.jsonl
+    [ -f runs/gritsmol-v2-rag-aqa/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_aqa.yaml --resume              # 8
+  fi
 fi
 
 evaluate() {  # name model suite tasks limit

@@ -8,7 +8,9 @@ results/gritsmol-v2-cosent), the CPU cache-aware RAG stage on self-distilled tar
 (recipes/gritsmol_v2_rag.yaml, results/gritsmol-v2-rag), and the same stage with the uncached path anchored
 (recipes/gritsmol_v2_rag_anchored.yaml, results/gritsmol-v2-rag-anchored) followed by 45 more of its steps
 (recipes/gritsmol_v2_rag_anchored_more.yaml, results/gritsmol-v2-rag-anchored-more) and by 99 steps on fresh
-self-targets, which ships (recipes/gritsmol_v2_rag_fresh.yaml, results/gritsmol-v2-rag-fresh). The earlier
+self-targets, which ships (recipes/gritsmol_v2_rag_fresh.yaml, results/gritsmol-v2-rag-fresh), then 99 steps
+with AdversarialQA targets beside them, measured and not shipped (recipes/gritsmol_v2_rag_aqa.yaml,
+results/gritsmol-v2-rag-aqa). The earlier
 CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
 """
 
@@ -42,6 +44,7 @@ ARMS = {  # column: (eval-record files by suite, RAG results file)
     "+ anchored RAG stream": evaluated("gritsmol-v2-rag-anchored/anchored"),
     "+ 45 more steps": evaluated("gritsmol-v2-rag-anchored-more/anchored-more"),
     "+ 99 steps, fresh targets (shipped)": evaluated("gritsmol-v2-rag-fresh/fresh"),
+    "+ 99 steps, AdversarialQA targets (not shipped)": evaluated("gritsmol-v2-rag-aqa/aqa"),
 }
 EMBEDDING_ROWS = [("sentence", "stsb", 200), ("sentence", "mrpc", 200), ("sentence", "banking77", 200),
                   ("sentence", "twentynewsgroups", 200), ("reranking", "trecqa", 30), ("retrieval", "msmarco", 5)]
@@ -101,10 +104,14 @@ def main() -> None:
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
     ("TyDi QA dev-en, all questions", "stage 7 (shipped)", "tydiqa",
      ("gritsmol-v2-rag-fresh/fresh-rag-440-docs.json", "gritsmol-v2-rag-fresh/fresh-rag-440-query.json")),
+    ("TyDi QA dev-en, all questions", "stage 8 (not shipped)", "tydiqa",
+     ("gritsmol-v2-rag-aqa/aqa-rag-440-docs.json", "gritsmol-v2-rag-aqa/aqa-rag-440-query.json")),
     ("TyDi QA dev-en, all questions", "stage 6", "tydiqa",
      ("gritsmol-v2-rag-anchored-more/default-rag-440-docs.json", "gritsmol-v2-rag-anchored-more/default-rag-440-query.json")),
     ("SQuAD v1.1 dev, fixed sample", "stage 7 (shipped)", "squad",
      ("gritsmol-v2-rag-fresh/fresh-rag-squad-docs.json", "gritsmol-v2-rag-fresh/fresh-rag-squad-query.json")),
+    ("SQuAD v1.1 dev, fixed sample", "stage 8 (not shipped)", "squad",
+     ("gritsmol-v2-rag-aqa/aqa-rag-squad-docs.json", "gritsmol-v2-rag-aqa/aqa-rag-squad-query.json")),
     ("SQuAD v1.1 dev, fixed sample", "stage 6", "squad",
      ("gritsmol-v2-rag-anchored-more/default-rag-squad-docs.json",
       "gritsmol-v2-rag-anchored-more/default-rag-squad-query.json")),
@@ -116,7 +123,7 @@ PAPER_MATCH = {"no_rag": 21.00, "query": 25.46, "doc": 33.38}
 
 
 def full_rag_table() -> None:
-    """Stages 6 and 7 on all of TyDi QA dev-en and on the SQuAD sample, where those runs exist."""
+    """Stages 6-8 on all of TyDi QA dev-en and on the SQuAD sample, where those runs exist."""
     for title, model, corpus, paths in FULL_RAG:
         modes, retrieval = {}, None
         for path in paths:
