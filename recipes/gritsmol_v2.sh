@@ -5,6 +5,7 @@
 #   recipes/gritsmol_v2.sh              # everything
 #   STEPS="train eval" recipes/gritsmol_v2.sh
 #   STEPS=stages recipes/gritsmol_v2.sh  # the shipped default's CPU stages 3-7 on top of the GPU stage 2 (STAGE8=1: also 8)
+#   STEPS=stage9 recipes/gritsmol_v2.sh  # stage 9 on top of the shipped adapter
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,29 @@ if [[ $steps == *stages* ]]; then
       gritkit data rag-chat $aqa --correct-only --output data/gritsmol-v5-selfchat/generative/rag_chat.jsonl
     [ -f runs/gritsmol-v2-rag-aqa/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_aqa.yaml --resume              # 8
   fi
+fi
+
+# Stage 9 (recipes/gritsmol_v2_rag_short.yaml): stage 8's streams on doc and query caching, self-targets of at most
+# 16 words, on top of the shipped adapter, so it needs none of the earlier runs: STEPS=stage9 recipes/gritsmol_v2.sh (~1 h)
+if [[ $steps == *stage9* ]]; then
+  [ -f data/gritsmol-v3-sts/mix.json ] || gritkit data build data/gritsmol-v3-sts --source stsb_scored --source nli
+  [ -f data/gritsmol-v3-keep/mix.json ] || gritkit data build data/gritsmol-v3-keep --max-per-source 320 --source medquad \
+    --source tydiqa --source wikiqa --source flickr8k --source banking77 --source twentynewsgroups --source t0 \
+    --source flan_cot --source gsm8k
+  [ -f data/gritsmol-v3-chat/mix.json ] || gritkit data build data/gritsmol-v3-chat --source selfinstruct --source gsm8k --max-per-source 175
+  [ -f data/gritsmol-v5-src/mix.json ] || gritkit data build data/gritsmol-v5-src --source rag-adversarialqa
+  [ -f data/gritsmol-v6-tydi/mix.json ] || gritkit data build data/gritsmol-v6-tydi --source rag-tydiqa --max-per-source 4000
+  unused=data/gritsmol-v6-tydi/tydiqa-unused.jsonl  # the TyDi QA train rows stages 5-6 never used
+  [ -f $unused ] || tail -n +1401 data/gritsmol-v6-tydi/rag/tydiqa.jsonl > $unused
+  for source in adversarialqa tydiqa; do
+    target=data/gritsmol-v6-self/rag/$source.jsonl
+    if [ $source = tydiqa ]; then input=$unused; keep=(--limit 480); else input=data/gritsmol-v5-src/rag/$source.jsonl; keep=(--keep all); fi
+    [ -f $target ] && [ ! -f $target.progress ] || gritkit data self-targets $input --output $target "${keep[@]}" \
+      --max-answer-words 16 --batch-size 16 --max-new-tokens 48
+  done
+  [ -f data/gritsmol-v6-selfchat/generative/rag_chat.jsonl ] || gritkit data rag-chat data/gritsmol-v6-self/rag/*.jsonl \
+    --correct-only --output data/gritsmol-v6-selfchat/generative/rag_chat.jsonl
+  [ -f runs/gritsmol-v2-rag-short/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_short.yaml --resume           # 9
 fi
 
 evaluate() {  # name model suite tasks limit

@@ -215,6 +215,8 @@ def test_self_targets_drop_answers_that_loop_or_run_out_of_tokens():
     assert not usable_target("In 1990.", True, "1889")
     assert usable_target("In 1990.", True, "1889", keep="all")
     assert not usable_target("", True, "1889", keep="all")
+    assert usable_target("In 1990.", True, "1889", keep="all", max_answer_words=2)
+    assert not usable_target("It was completed in 1889.", True, "1889", max_answer_words=4)
 
 
 def test_rag_chat_rows_are_the_doc_first_turn_the_target_answered(default_model, tmp_path):

@@ -136,6 +136,7 @@ def self_targets_command(
     batch_size: int = 16,
     max_new_tokens: int = 64,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N rows")] = None,
+    max_answer_words: Annotated[Optional[int], typer.Option(help="Drop answers longer than N words")] = None,
 ) -> None:
     """Self-distilled RAG targets: the model's own uncached answers, kept where they contain the gold answer."""
     from gritkit.specs import load_model
@@ -143,7 +144,8 @@ def self_targets_command(
 
     try:
         counts = write_self_targets(load_model(model), inputs, output, keep=keep, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, limit=limit)
+                                    max_new_tokens=max_new_tokens, limit=limit,
+                                    max_answer_words=max_answer_words)
     except (ValueError, OSError) as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(2) from error

@@ -53,22 +53,28 @@ def uncached_answers(grit: GritLM, examples: Sequence[RagExample], *,
     return list(zip(texts, finished))
 
 
-def usable_target(answer: str, finished: bool, gold: str, keep: str = "correct") -> bool:
-    """A self-target worth training on: non-empty, ended its turn, no loop, and (``keep="correct"``) right."""
-    return bool(answer) and finished and not is_degenerate(answer) and (keep == "all" or bool(answer_match(answer, [gold])))
+def usable_target(answer: str, finished: bool, gold: str, keep: str = "correct",
+                  max_answer_words: int | None = None) -> bool:
+    """A self-target worth training on: non-empty, ended its turn, no loop, at most ``max_answer_words``
+    words (None: any length), and (``keep="correct"``) right."""
+    short = max_answer_words is None or len(answer.split()) <= max_answer_words
+    return (bool(answer) and finished and short and not is_degenerate(answer)
+            and (keep == "all" or bool(answer_match(answer, [gold]))))
 
 
 def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str | Path, *, keep: str = "correct",
-                       batch_size: int = 16, max_new_tokens: int = 64, limit: int | None = None) -> dict[str, int]:
+                       batch_size: int = 16, max_new_tokens: int = 64, limit: int | None = None,
+                       max_answer_words: int | None = None) -> dict[str, int]:
     """Write RAG rows whose ``answer`` is the model's own uncached answer (``gold_answer`` keeps the span).
 
     ``keep="correct"`` drops rows whose answer does not contain the gold span; ``"all"`` keeps every row.
+    ``max_answer_words`` also drops answers longer than that many words.
     Returns the counts ``{"rows", "kept"}`` over the whole file, the resumed part included.
     """
     if keep not in ("correct", "all"):
         raise ValueError(f"keep must be 'correct' or 'all', not {keep!r}")
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError("batch_size and max_new_tokens must be >= 1")
+    if batch_size < 1 or max_new_tokens < 1 or (max_answer_words is not None and max_answer_words < 1):
+        raise ValueError("batch_size, max_new_tokens and max_answer_words must be >= 1")
     examples = read_rag_data(inputs)[:limit]
     output, progress = Path(output), Path(f"{output}.progress")
     if output.is_file() and not progress.is_file():
@@ -81,7 +87,7 @@ def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str |
                           initial=done["rows"] // batch_size, total=-(-len(examples) // batch_size)):
             batch = examples[start:start + batch_size]
             for example, (answer, finished) in zip(batch, uncached_answers(grit, batch, max_new_tokens=max_new_tokens)):
-                if usable_target(answer, finished, example.answer, keep):
+                if usable_target(answer, finished, example.answer, keep, max_answer_words):
                     row = {"question": example.question, "passages": example.passages, "answer": answer,
                            "gold_answer": example.answer}
                     sink.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
