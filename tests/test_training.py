@@ -281,6 +281,24 @@ def uninterrupted(tiny_dir, data, tmp_path_factory):
     return config, train(config)
 
 
+def test_precision_auto_follows_the_cpu_and_emulated_bf16_warns(caplog):
+    from gritkit.training.trainer import cpu_has_native_bf16, resolve_precision
+
+    native = torch.cuda.is_available() or cpu_has_native_bf16()
+    assert resolve_precision("auto") == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32") == "fp32"
+    with caplog.at_level("WARNING", logger="gritkit.training.trainer"):
+        assert resolve_precision("bf16") == "bf16"
+    assert ("emulates bf16" in caplog.text) == (not native)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # the kernel's flags agree (AMX may be listed yet not enabled, so only one way there)
+        flags = set(cpuinfo.read_text().split())
+        if "avx512_bf16" in flags:
+            assert cpu_has_native_bf16()
+        if not flags & {"avx512_bf16", "amx_tile", "amx_bf16"}:
+            assert not cpu_has_native_bf16()
+
+
 def test_resume_continues_with_the_same_data_order_and_random_state(tiny_dir, data, uninterrupted, tmp_path):
     config, history = uninterrupted
     # What a run killed during step 3 leaves: the step-2 checkpoint and a half-written step-3 one.

@@ -84,7 +84,7 @@ class TrainingConfig:
     lora_target_modules: str | list[str] = "all-linear"
     merge_lora: bool = False                   # save merged full weights instead of the adapter
     gradient_checkpointing: bool = False
-    precision: Precision = "auto"              # auto: bf16 on GPU, fp32 on CPU
+    precision: Precision = "auto"              # auto: bf16 on GPU and on CPUs with native bf16, else fp32
 
     # --- bookkeeping
     checkpoint_every: int = 100                # steps between checkpoints; 0 = none
