@@ -369,6 +369,12 @@ def test_export_adapter_records_every_stage_of_a_continued_run(tiny_dir, data, u
     assert stages[0]["mode"] == "unified" and stages[1]["mode"] == "generative"
     assert stages[1]["model"] == first.output_dir and stages[0]["model"] == str(tiny_dir)
     assert "Trained in 2 stages" in (destination / "README.md").read_text()
+    third = tiny_config(tiny_dir, data, tmp_path / "stage3", model=str(destination), mode="generative",
+                        embedding_data=[], max_steps=1, checkpoint_every=0)
+    train(third)  # continues the exported adapter: its recorded stages come first
+    stages = yaml.safe_load((export_adapter(third.output_dir, tmp_path / "shipped3") / "training_stages.yaml").read_text())
+    assert [stage["run"] for stage in stages] == [first.output_dir, second.output_dir, third.output_dir]
+    assert stages[2]["model"] == str(destination)
 
 
 def test_embedding_only_full_finetuning_saves_a_model_dir(tiny_dir, data, tmp_path):

@@ -15,6 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from gritkit import loading
 from gritkit.results import Record, load_records, save_records
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -54,12 +55,16 @@ def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Seq
 
 def training_stages(run_dir: Path) -> list[dict]:
     """The training configs of ``run_dir`` and of every run it continued (its ``model`` key naming a run
-    folder that is still on disk), the first stage first."""
+    folder that is still on disk, or an exported adapter, ``default`` included, whose recorded stages are
+    taken as they are), the first stage first."""
     stages, folder = [], run_dir
     while (folder / "training_config.yaml").is_file() and len(stages) < 20:
         config = yaml.safe_load((folder / "training_config.yaml").read_text())
         stages.insert(0, {"run": str(folder), **config})
-        parent = Path(str(config.get("model", "")))
+        spec = str(config.get("model", ""))
+        parent = loading.SHIPPED_ADAPTER_DIR if spec == loading.DEFAULT_SPEC else Path(spec)
+        if (parent / "training_stages.yaml").is_file():  # an export of several stages
+            return yaml.safe_load((parent / "training_stages.yaml").read_text()) + stages
         if parent == folder or not parent.is_dir():
             break
         folder = parent
