@@ -5,7 +5,7 @@
 #   recipes/gritsmol_v2.sh              # everything
 #   STEPS="train eval" recipes/gritsmol_v2.sh
 #   STEPS=stages recipes/gritsmol_v2.sh  # the shipped default's CPU stages 3-7 on top of the GPU stage 2 (STAGE8=1: also 8)
-#   STEPS=stage9 recipes/gritsmol_v2.sh  # stage 9 on top of the shipped adapter
+#   STEPS=stage9 recipes/gritsmol_v2.sh  # stage 9 on top of the shipped adapter (measured, not shipped)
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
