@@ -30,17 +30,21 @@ if [[ $steps == *train* ]]; then
   fi
 fi
 
+build_stage_mixes() {  # the embedding and chat data of stages 3-9
+  [ -f data/gritsmol-v3-sts/mix.json ] || gritkit data build data/gritsmol-v3-sts --source stsb_scored --source nli
+  [ -f data/gritsmol-v3-keep/mix.json ] || gritkit data build data/gritsmol-v3-keep --max-per-source 320 --source medquad \
+    --source tydiqa --source wikiqa --source flickr8k --source banking77 --source twentynewsgroups --source t0 \
+    --source flan_cot --source gsm8k
+  [ -f data/gritsmol-v3-chat/mix.json ] || gritkit data build data/gritsmol-v3-chat --source selfinstruct --source gsm8k --max-per-source 175
+}
+
 # The shipped default's CPU stages 3-7 (STAGE8=1: and the unshipped stage 8), on top of stage 2
 # (runs/gritsmol-v2-gpu-norag, from the GPU run of recipes/device/README.md), then the adapter:
 # STEPS=stages recipes/gritsmol_v2.sh   (~3 h on 2 cores)
 if [[ $steps == *stages* ]]; then
   [ -f runs/gritsmol-v2-gpu-norag/adapter_config.json ] || { echo "stage 2 first: recipes/device/README.md" >&2; exit 1; }
   [ -f data/gritsmol-v2-gpu-mix/mix.json ] || gritkit data build data/gritsmol-v2-gpu-mix --max-per-source 4000
-  [ -f data/gritsmol-v3-sts/mix.json ] || gritkit data build data/gritsmol-v3-sts --source stsb_scored --source nli
-  [ -f data/gritsmol-v3-keep/mix.json ] || gritkit data build data/gritsmol-v3-keep --max-per-source 320 --source medquad \
-    --source tydiqa --source wikiqa --source flickr8k --source banking77 --source twentynewsgroups --source t0 \
-    --source flan_cot --source gsm8k
-  [ -f data/gritsmol-v3-chat/mix.json ] || gritkit data build data/gritsmol-v3-chat --source selfinstruct --source gsm8k --max-per-source 175
+  build_stage_mixes
   [ -f runs/gritsmol-v2-cosent/adapter_config.json ] || gritkit train recipes/gritsmol_v2_cosent.yaml --resume            # 3
   [ -f runs/gritsmol-v2-cosent-chat/adapter_config.json ] || gritkit train recipes/gritsmol_v2_cosent_chat.yaml --resume  # 4
   self=data/gritsmol-v3-self-clean/rag/tydiqa.jsonl
@@ -74,19 +78,15 @@ fi
 # Stage 9 (recipes/gritsmol_v2_rag_short.yaml): stage 8's streams on doc and query caching, self-targets of at most
 # 16 words, on top of the shipped adapter, so it needs none of the earlier runs: STEPS=stage9 recipes/gritsmol_v2.sh (~1 h)
 if [[ $steps == *stage9* ]]; then
-  [ -f data/gritsmol-v3-sts/mix.json ] || gritkit data build data/gritsmol-v3-sts --source stsb_scored --source nli
-  [ -f data/gritsmol-v3-keep/mix.json ] || gritkit data build data/gritsmol-v3-keep --max-per-source 320 --source medquad \
-    --source tydiqa --source wikiqa --source flickr8k --source banking77 --source twentynewsgroups --source t0 \
-    --source flan_cot --source gsm8k
-  [ -f data/gritsmol-v3-chat/mix.json ] || gritkit data build data/gritsmol-v3-chat --source selfinstruct --source gsm8k --max-per-source 175
+  build_stage_mixes
   [ -f data/gritsmol-v5-src/mix.json ] || gritkit data build data/gritsmol-v5-src --source rag-adversarialqa
   [ -f data/gritsmol-v6-tydi/mix.json ] || gritkit data build data/gritsmol-v6-tydi --source rag-tydiqa --max-per-source 4000
   unused=data/gritsmol-v6-tydi/tydiqa-unused.jsonl  # the TyDi QA train rows stages 5-6 never used
   [ -f $unused ] || tail -n +1401 data/gritsmol-v6-tydi/rag/tydiqa.jsonl > $unused
   for source in adversarialqa tydiqa; do
     target=data/gritsmol-v6-self/rag/$source.jsonl
-    if [ $source = tydiqa ]; then input=$unused; keep=(--limit 480); else input=data/gritsmol-v5-src/rag/$source.jsonl; keep=(--keep all); fi
-    [ -f $target ] && [ ! -f $target.progress ] || gritkit data self-targets $input --output $target "${keep[@]}" \
+    if [ $source = tydiqa ]; then input=$unused; options=(--limit 480); else input=data/gritsmol-v5-src/rag/$source.jsonl; options=(--keep all); fi
+    [ -f $target ] && [ ! -f $target.progress ] || gritkit data self-targets $input --output $target "${options[@]}" \
       --max-answer-words 16 --batch-size 16 --max-new-tokens 48
   done
   [ -f data/gritsmol-v6-selfchat/generative/rag_chat.jsonl ] || gritkit data rag-chat data/gritsmol-v6-self/rag/*.jsonl \
