@@ -4,7 +4,8 @@
         --commit 1ea7225 --command "gritkit train recipes/gritsmol_v2_cosent.yaml --resume" --threads 2
 
 The run itself does not know its commit or command, so they are given; the CPU model and the date of
-the run's last step come from this machine and the metrics file.
+the run's last step come from this machine and the metrics file (``--device`` names a machine elsewhere,
+such as a lent GPU).
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def main() -> None:
     parser.add_argument("--commit", required=True)
     parser.add_argument("--command", required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--device", help="where the run trained, when not on this machine's CPU (e.g. a lent GPU)")
     args = parser.parse_args()
     finished = datetime.datetime.fromtimestamp((args.run / "metrics.jsonl").stat().st_mtime, datetime.timezone.utc)
     record = {"run": str(args.run), **summary(args.run),
-              "provenance": {"commit": args.commit, "clean": True, "command": args.command, "cpu": cpu_model(),
+              "provenance": {"commit": args.commit, "clean": True, "command": args.command,
+                             **({"device": args.device} if args.device else {"cpu": cpu_model()}),
                              "threads": args.threads, "date": finished.isoformat(timespec="seconds")}}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=1) + "\n")
