@@ -10,9 +10,9 @@ timeout ${SELF_TIMEOUT:-150} $PYTHON -m gritkit data self-targets data/gritsmol-
 if [ -f $tydi.progress ]; then
   $PYTHON -c "import json, os; os.truncate('$tydi', json.load(open('$tydi.progress'))['bytes'])"
 else rm -f $tydi; fi
-grep -v "it/s\]$" $STAGE/self.log | tail -2
+grep -v "it/s\]$" $STAGE/self.log | tail -2 | tee $STAGE/prepare.txt
 cp data/gritsmol-v6-self/rag/adversarialqa.jsonl data/gritsmol-v10-self/rag/
 $PYTHON -m gritkit data rag-chat data/gritsmol-v10-self/rag/*.jsonl --correct-only --output $STAGE/rag_chat.jsonl
 # the first 400 (AdversarialQA's, then TyDi QA's): the chat stream stays about half general chat, as in stage 9
 mkdir -p data/gritsmol-v10-selfchat/generative && head -n 400 $STAGE/rag_chat.jsonl > data/gritsmol-v10-selfchat/generative/rag_chat.jsonl
-wc -l data/gritsmol-v10-self/rag/*.jsonl data/gritsmol-v10-selfchat/generative/rag_chat.jsonl
+wc -l data/gritsmol-v10-self/rag/*.jsonl data/gritsmol-v10-selfchat/generative/rag_chat.jsonl | tee -a $STAGE/prepare.txt
