@@ -5,7 +5,7 @@ mkdir -p data/gritsmol-v10-self/rag
 tydi=data/gritsmol-v10-self/rag/tydiqa.jsonl
 # at most SELF_TIMEOUT seconds: the rows written by then are the targets (a half-written batch is cut off)
 timeout ${SELF_TIMEOUT:-150} $PYTHON -m gritkit data self-targets data/gritsmol-v6-tydi/rag/tydiqa.jsonl --output $tydi \
-  --max-answer-words 16 --batch-size 64 --max-new-tokens 48 ${SELF_LIMIT:+--limit $SELF_LIMIT} > $STAGE/self.log 2>&1 \
+  --model ${TARGETS_MODEL:-default} --max-answer-words 16 --batch-size 64 --max-new-tokens 48 ${SELF_LIMIT:+--limit $SELF_LIMIT} > $STAGE/self.log 2>&1 \
   || echo "self-targets stopped after ${SELF_TIMEOUT:-150} s"
 if [ -f $tydi.progress ]; then
   $PYTHON -c "import json, os; os.truncate('$tydi', json.load(open('$tydi.progress'))['bytes'])"
