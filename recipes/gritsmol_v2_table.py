@@ -8,10 +8,12 @@ results/gritsmol-v2-cosent), the CPU cache-aware RAG stage on self-distilled tar
 (recipes/gritsmol_v2_rag.yaml, results/gritsmol-v2-rag), and the same stage with the uncached path anchored
 (recipes/gritsmol_v2_rag_anchored.yaml, results/gritsmol-v2-rag-anchored) followed by 45 more of its steps
 (recipes/gritsmol_v2_rag_anchored_more.yaml, results/gritsmol-v2-rag-anchored-more) and by 99 steps on fresh
-self-targets, which ships (recipes/gritsmol_v2_rag_fresh.yaml, results/gritsmol-v2-rag-fresh), then 99 steps
+self-targets, which shipped until stage 10 (recipes/gritsmol_v2_rag_fresh.yaml, results/gritsmol-v2-rag-fresh), then 99 steps
 with AdversarialQA targets beside them, measured and not shipped (recipes/gritsmol_v2_rag_aqa.yaml,
 results/gritsmol-v2-rag-aqa), and stage 9 on top of stage 7: those streams on doc and query caching only, with
-short targets (recipes/gritsmol_v2_rag_short.yaml, results/gritsmol-v2-rag-short). The earlier
+short targets (recipes/gritsmol_v2_rag_short.yaml, results/gritsmol-v2-rag-short), and stage 10 on top of stage 7:
+the four layouts at GPU scale in three arms (recipes/gritsmol_v2_rag_gpu.yaml, recipes/device/README.md,
+results/gritsmol-v2-rag-gpu), whose gold + distill arm ships. The earlier
 CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
 """
 
@@ -44,9 +46,11 @@ ARMS = {  # column: (eval-record files by suite, RAG results file)
     "+ RAG stream, live teacher": evaluated("gritsmol-v2-rag/rag"),
     "+ anchored RAG stream": evaluated("gritsmol-v2-rag-anchored/anchored"),
     "+ 45 more steps": evaluated("gritsmol-v2-rag-anchored-more/anchored-more"),
-    "+ 99 steps, fresh targets (shipped)": evaluated("gritsmol-v2-rag-fresh/fresh"),
+    "+ 99 steps, fresh targets (stage 7)": evaluated("gritsmol-v2-rag-fresh/fresh"),
     "+ 99 steps, AdversarialQA targets (not shipped)": evaluated("gritsmol-v2-rag-aqa/aqa"),
     "stage 7 + 75 steps on doc and query caching (stage 9, not shipped)": evaluated("gritsmol-v2-rag-short/short"),
+    "stage 7 + 137 GPU steps, gold + distill (stage 10, shipped)": evaluated("gritsmol-v2-rag-gpu/gold-distill"),
+    "stage 10's k = 1 arm (not shipped)": evaluated("gritsmol-v2-rag-gpu/k1"),
 }
 EMBEDDING_ROWS = [("sentence", "stsb", 200), ("sentence", "mrpc", 200), ("sentence", "banking77", 200),
                   ("sentence", "twentynewsgroups", 200), ("reranking", "trecqa", 30), ("retrieval", "msmarco", 5)]
@@ -104,7 +108,12 @@ def main() -> None:
 
 
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
-    ("TyDi QA dev-en, all questions", "stage 7 (shipped)", "tydiqa",
+    ("TyDi QA dev-en, all questions", "stage 10 (shipped)", "tydiqa",
+     ("gritsmol-v2-rag-gpu/gold-distill-rag-440-docs.json", "gritsmol-v2-rag-gpu/gold-distill-rag-440-query.json")),
+    ("TyDi QA dev-en, all questions", "stage 10's k = 1 arm (not shipped)", "tydiqa", ("gritsmol-v2-rag-gpu/k1-rag-440-cached.json",)),
+    ("TyDi QA dev-en, all questions", "stage 10's distill arm (not shipped)", "tydiqa",
+     ("gritsmol-v2-rag-gpu/distill-rag-440-cached.json",)),
+    ("TyDi QA dev-en, all questions", "stage 7", "tydiqa",
      ("gritsmol-v2-rag-fresh/fresh-rag-440-docs.json", "gritsmol-v2-rag-fresh/fresh-rag-440-query.json")),
     ("TyDi QA dev-en, all questions", "stage 8 (not shipped)", "tydiqa",
      ("gritsmol-v2-rag-aqa/aqa-rag-440-docs.json", "gritsmol-v2-rag-aqa/aqa-rag-440-query.json")),
@@ -112,7 +121,7 @@ FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, mod
      ("gritsmol-v2-rag-short/short-rag-440-docs.json", "gritsmol-v2-rag-short/short-rag-440-query.json")),
     ("TyDi QA dev-en, all questions", "stage 6", "tydiqa",
      ("gritsmol-v2-rag-anchored-more/default-rag-440-docs.json", "gritsmol-v2-rag-anchored-more/default-rag-440-query.json")),
-    ("SQuAD v1.1 dev, fixed sample", "stage 7 (shipped)", "squad",
+    ("SQuAD v1.1 dev, fixed sample", "stage 7", "squad",
      ("gritsmol-v2-rag-fresh/fresh-rag-squad-docs.json", "gritsmol-v2-rag-fresh/fresh-rag-squad-query.json")),
     ("SQuAD v1.1 dev, fixed sample", "stage 8 (not shipped)", "squad",
      ("gritsmol-v2-rag-aqa/aqa-rag-squad-docs.json", "gritsmol-v2-rag-aqa/aqa-rag-squad-query.json")),
@@ -127,7 +136,7 @@ PAPER_MATCH = {"no_rag": 21.00, "query": 25.46, "doc": 33.38}
 
 
 def full_rag_table() -> None:
-    """Stages 6-9 on all of TyDi QA dev-en and stages 6-8 on the SQuAD sample, where those runs exist."""
+    """Stages 6-10 on all of TyDi QA dev-en and stages 6-8 on the SQuAD sample, where those runs exist."""
     for title, model, corpus, paths in FULL_RAG:
         modes, retrieval = {}, None
         for path in paths:
