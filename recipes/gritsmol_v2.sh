@@ -5,7 +5,9 @@
 #   recipes/gritsmol_v2.sh              # everything
 #   STEPS="train eval" recipes/gritsmol_v2.sh
 #   STEPS=stages recipes/gritsmol_v2.sh  # the shipped default's CPU stages 3-7 on top of the GPU stage 2 (STAGE8=1: also 8)
-#   STEPS=stage9 recipes/gritsmol_v2.sh  # stage 9 on top of the shipped adapter (measured, not shipped)
+#   (stage 10, the shipped default's last stage, trains on a lent GPU: recipes/device/README.md)
+#   STEPS=stage9 recipes/gritsmol_v2.sh  # stage 9 (measured, not shipped) on top of the adapter shipped when it ran,
+#                                        # stage 7; `model: default` is stage 10 now (see its recipe's header)
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
