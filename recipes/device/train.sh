@@ -26,7 +26,6 @@ for arm in $ARMS; do
   run=$(basename ${RUN_PREFIX}$arm)
   [ -f ${RUN_PREFIX}$arm/adapter_config.json ] || continue
   $PYTHON -m gritkit export-adapter ${RUN_PREFIX}$arm $STAGE/out/$run
-  cp ${RUN_PREFIX}$arm/metrics.jsonl $STAGE/out/$run/ 2>/dev/null || true
   cp $STAGE/prepare.txt $STAGE/out/$run/ 2>/dev/null || true  # what the PREPARE step made (counts)
   grep -v "it/s\]$" ${RUN_PREFIX}$arm.log > $STAGE/out/$run/train.log || true
   tar -cf $OUT/$run.tar -C $STAGE/out $run
