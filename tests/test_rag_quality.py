@@ -78,3 +78,16 @@ def test_answers_are_saved_as_made_and_a_rerun_resumes(default_model, tmp_path):
     assert rows["q2"]["passage"] == "1" and rows["q2"]["cache_build_s"] > 0
     assert set(rag_qa.read_rows(path)) == {"q1", "q2"}
     assert rag_qa.open_index(default_model, corpus, tmp_path / "index").stats()["documents"] == 2
+
+
+def test_a_stopped_index_build_goes_on_where_it_stopped(default_model, tmp_path):
+    passages = ["The Eiffel Tower in Paris was completed in 1889.", "Python was created by Guido van Rossum.",
+                "Mount Everest is 8,849 metres high."]
+    first = rag_qa.open_index(default_model, rag_qa.Corpus("tiny", [], passages[:2]), tmp_path / "index")
+    chunks = [first.search(text, k=1)[0].chunk_id for text in passages[:2]]
+    first.close()
+    (tmp_path / "index" / "complete").unlink()  # as if killed before the last batch
+    index = rag_qa.open_index(default_model, rag_qa.Corpus("tiny", [], passages), tmp_path / "index")
+    assert index.document_ids() == ["0", "1", "2"]
+    assert [index.search(text, k=1)[0].chunk_id for text in passages[:2]] == chunks  # kept, not embedded again
+    assert index.search(passages[2], k=1)[0].doc_id == "2"
