@@ -281,8 +281,12 @@ def uninterrupted(tiny_dir, data, tmp_path_factory):
     return config, train(config)
 
 
-def test_precision_auto_follows_the_cpu_and_emulated_bf16_warns(caplog):
+def test_precision_auto_follows_the_cpu_and_emulated_bf16_warns(uninterrupted, caplog):
     from gritkit.training.trainer import cpu_has_native_bf16, resolve_precision
+
+    config, _ = uninterrupted
+    saved = yaml.safe_load((Path(config.output_dir) / "training_config.yaml").read_text())
+    assert config.precision == "auto" and saved["precision"] == resolve_precision("auto")  # what ran, not "auto"
 
     native = torch.cuda.is_available() or cpu_has_native_bf16()
     assert resolve_precision("auto") == ("bf16" if native else "fp32")
@@ -316,7 +320,8 @@ def test_resume_continues_with_the_same_data_order_and_random_state(tiny_dir, da
 def test_output_dir_loads_with_config_metrics_and_adapter(uninterrupted):
     config, history = uninterrupted
     output_dir = Path(config.output_dir)
-    assert TrainingConfig.from_yaml(output_dir / "training_config.yaml") == config
+    saved = TrainingConfig.from_yaml(output_dir / "training_config.yaml")
+    assert saved == config.replace(precision=saved.precision)  # "auto" saved as what it resolved to
     assert json.loads((output_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == config.model
     logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [1, 2, 3, 4] and logged[-1]["loss"] == history[-1]["loss"]

@@ -389,7 +389,7 @@ def _make_accelerator(config: TrainingConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    precision = resolve_precision(config.precision)
+    precision = config.precision  # resolved by train()
     # In embedding-only full fine-tuning an untied LM head gets no gradient.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=config.mode == "embedding" and not config.lora)
     # cpu=True lets `torchrun --nproc_per_node N` on a machine without GPUs run N gloo processes
@@ -425,6 +425,8 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
     elif not isinstance(config, TrainingConfig):
         config = TrainingConfig.from_yaml(config)
     config.validate()
+    # The run's saved config says what was used (bf16 or fp32), not "auto", which depends on the machine.
+    config = config.replace(precision=resolve_precision(config.precision))
     output_dir = Path(config.output_dir)
     _check_output_dir(output_dir, resume)
     writer = _tensorboard_writer_class() if config.tensorboard else None
