@@ -109,7 +109,8 @@ def main() -> None:
 
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
     ("TyDi QA dev-en, all questions", "stage 10 (shipped)", "tydiqa",
-     ("gritsmol-v2-rag-gpu/gold-distill-rag-440-docs.json", "gritsmol-v2-rag-gpu/gold-distill-rag-440-query.json")),
+     ("gritsmol-v2-rag-gpu/gold-distill-rag-440-docs.json", "gritsmol-v2-rag-gpu/gold-distill-rag-440-query.json",
+      "gritsmol-v2-rag-gpu/gold-distill-rag-440-more.json")),
     ("TyDi QA dev-en, all questions", "stage 10's k = 1 arm (not shipped)", "tydiqa", ("gritsmol-v2-rag-gpu/k1-rag-440-cached.json",)),
     ("TyDi QA dev-en, all questions", "stage 10's distill arm (not shipped)", "tydiqa",
      ("gritsmol-v2-rag-gpu/distill-rag-440-cached.json",)),
@@ -121,6 +122,8 @@ FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, mod
      ("gritsmol-v2-rag-short/short-rag-440-docs.json", "gritsmol-v2-rag-short/short-rag-440-query.json")),
     ("TyDi QA dev-en, all questions", "stage 6", "tydiqa",
      ("gritsmol-v2-rag-anchored-more/default-rag-440-docs.json", "gritsmol-v2-rag-anchored-more/default-rag-440-query.json")),
+    ("SQuAD v1.1 dev, fixed sample", "stage 10 (shipped)", "squad",
+     ("gritsmol-v2-rag-gpu/gold-distill-rag-squad-docs.json", "gritsmol-v2-rag-gpu/gold-distill-rag-squad-query.json")),
     ("SQuAD v1.1 dev, fixed sample", "stage 7", "squad",
      ("gritsmol-v2-rag-fresh/fresh-rag-squad-docs.json", "gritsmol-v2-rag-fresh/fresh-rag-squad-query.json")),
     ("SQuAD v1.1 dev, fixed sample", "stage 8 (not shipped)", "squad",
@@ -136,7 +139,7 @@ PAPER_MATCH = {"no_rag": 21.00, "query": 25.46, "doc": 33.38}
 
 
 def full_rag_table() -> None:
-    """Stages 6-10 on all of TyDi QA dev-en and stages 6-8 on the SQuAD sample, where those runs exist."""
+    """Stages 6-10 on all of TyDi QA dev-en and stages 6-8 and 10 on the SQuAD sample, where those runs exist."""
     for title, model, corpus, paths in FULL_RAG:
         modes, retrieval = {}, None
         for path in paths:
