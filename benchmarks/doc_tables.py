@@ -148,16 +148,23 @@ def gguf_speed(record: dict) -> str:
 def generate_speed_llamacpp(record: dict) -> str:
     """docs/gguf.md: the llamacpp generation backend against plain llama-cpp-python and torch fp32."""
     header = ["threads", "prompt tokens", "system", "tokens/s", "plain llama-cpp-python, same file", "ratio",
-              "perplexity (vs fp32)", "greedy = fp32"]
+              "llama-cpp-python, the backend's options", "ratio", "perplexity (vs fp32)", "greedy = fp32"]
+    same_options, same_ratio = ("llama-cpp-python with the backend's options tokens/s",
+                                "ratio to llama-cpp-python with the backend's options")
 
     def perplexity(row: dict) -> str:
         change = row["perplexity vs fp32"]
         return f"{row['perplexity']:.3f}" + (f" ({100 * change:+.2f}%)" if change else "")
 
-    return table(header, "rrlrrrrr",
+    def with_options(row: dict) -> list[str]:
+        if same_options not in row:  # the torch rows, and records written before the column existed
+            return ["", ""]
+        return [f"{row[same_options]:.1f}", f"{row[same_ratio]:.2f}x"]
+
+    return table(header, "rrlrrrrrrr",
                  ([row["threads"], row["prompt"].rsplit("(", 1)[1].rstrip(")"), row["system"],
                    f"{row['tokens/s']:.1f}", f"{row['plain llama-cpp-python tokens/s']:.1f}",
-                   f"{row['ratio to llama-cpp-python']:.2f}x", perplexity(row), row["greedy = fp32"]]
+                   f"{row['ratio to llama-cpp-python']:.2f}x", *with_options(row), perplexity(row), row["greedy = fp32"]]
                   for row in record["rows"]))
 
 

@@ -55,8 +55,8 @@ def transformers_decode(model: GritLM, ids: list[int], new_tokens: int) -> int:
 LLAMA_CPP = """
 import json, statistics, sys, time
 from llama_cpp import Llama
-ids, new_tokens, threads, repeats, path, n_ctx, with_prefill = json.loads(sys.argv[1])
-llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+ids, new_tokens, threads, repeats, path, n_ctx, with_prefill, options = json.loads(sys.argv[1])
+llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False, **options)
 def run():
     if with_prefill:
         llm.reset()  # else generate() reuses the prompt's states from the last run
@@ -73,13 +73,14 @@ print(json.dumps([statistics.mean(times), statistics.stdev(times) if len(times) 
 
 def llama_cpp_seconds(ids: list[int], new_tokens: int, threads: int, repeats: int,
                       gguf_path: str | None = None, *, n_ctx: int = 2048,
-                      with_prefill: bool = False) -> tuple[float, float] | None:
+                      with_prefill: bool = False, options: dict | None = None) -> tuple[float, float] | None:
     """Mean/std seconds of plain llama-cpp-python on ``gguf_path`` (default: the package's GGUF), in its
     own process: two OpenMP runtimes in one process slow both. ``with_prefill``: every repeat computes
-    the prompt too (else only the first does)."""
+    the prompt too (else only the first does); ``options``: more ``Llama(...)`` arguments (default: none)."""
     if importlib.util.find_spec("llama_cpp") is None:
         return None
-    job = json.dumps([ids, new_tokens, threads, repeats, str(gguf_path or default_gguf_path()), n_ctx, with_prefill])
+    job = json.dumps([ids, new_tokens, threads, repeats, str(gguf_path or default_gguf_path()), n_ctx, with_prefill,
+                      options or {}])
     result = subprocess.run([sys.executable, "-c", LLAMA_CPP, job], capture_output=True, text=True, check=True)
     return tuple(json.loads(result.stdout.strip().splitlines()[-1]))
 
@@ -91,10 +92,13 @@ def long_prompt(model: GritLM, tokens: int = 1000) -> list[int]:
 
 
 def gguf_perplexity(path, rows: list[tuple[list[int], list[int]]], threads: int) -> float:
-    """Perplexity of the response tokens from llama.cpp's logits (the same ids as the PyTorch eval)."""
+    """Perplexity of the response tokens from llama.cpp's logits (the same ids as the PyTorch eval), with
+    the backend's llama.cpp options."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=threads, logits_all=True, verbose=False)
+    from gritkit.backends.llamacpp import LLAMA_OPTIONS
+
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=threads, logits_all=True, verbose=False, **LLAMA_OPTIONS)
     nll, count = 0.0, 0
     for prompt, response in rows:
         llm.reset()
@@ -108,7 +112,7 @@ def gguf_perplexity(path, rows: list[tuple[list[int], list[int]]], threads: int)
 
 
 def compare_llamacpp_backend(args: argparse.Namespace) -> None:
-    from gritkit.backends.llamacpp import LlamaCppDecoder, cached_gguf
+    from gritkit.backends.llamacpp import LLAMA_OPTIONS, LlamaCppDecoder, cached_gguf
     from gritkit.eval.data import read_jsonl
     from gritkit.eval.tasks.perplexity import response_nll
     from gritkit.paths import data_dir
@@ -147,11 +151,16 @@ def compare_llamacpp_backend(args: argparse.Namespace) -> None:
                 seconds = best_of(lambda: backend_run(backends[dtype].llamacpp, ids), args.repeats)[0]
                 plain = llama_cpp_seconds(ids, args.new_tokens, threads, args.repeats, str(path),
                                           n_ctx=model.max_length, with_prefill=True)[0]
+                # the same file with the backend's options, so the ratio that is left is the backend's own
+                same_options = llama_cpp_seconds(ids, args.new_tokens, threads, args.repeats, str(path),
+                                                 n_ctx=model.max_length, with_prefill=True, options=LLAMA_OPTIONS)[0]
                 plain_f16 = plain_f16 or plain
                 rows.append({"threads": threads, "prompt": f"{prompt_name} ({len(ids)})",
                              "system": f"gritkit llamacpp backend, {dtype}", "tokens/s": args.new_tokens / seconds,
                              "plain llama-cpp-python tokens/s": args.new_tokens / plain,
-                             "ratio to llama-cpp-python": plain / seconds})
+                             "ratio to llama-cpp-python": plain / seconds,
+                             "llama-cpp-python with the backend's options tokens/s": args.new_tokens / same_options,
+                             "ratio to llama-cpp-python with the backend's options": same_options / seconds})
             rows.append({"threads": threads, "prompt": f"{prompt_name} ({len(ids)})", "system": "gritkit torch fp32",
                          "tokens/s": args.new_tokens / torch_seconds,
                          "plain llama-cpp-python tokens/s": args.new_tokens / plain_f16,
@@ -172,7 +181,7 @@ def compare_llamacpp_backend(args: argparse.Namespace) -> None:
     for row in rows:  # the quality columns of the 1-thread rows hold for 2 threads too
         quality = next(r for r in rows if r["system"] == row["system"] and "perplexity" in r)
         row.update({key: quality[key] for key in ("perplexity", "perplexity vs fp32", "greedy = fp32")})
-    report("generate_speed_llamacpp", rows, {"new_tokens": args.new_tokens, "perplexity_rows": len(scored),
+    report("generate_speed_llamacpp", rows, {"new_tokens": args.new_tokens, "backend_llama_options": LLAMA_OPTIONS, "perplexity_rows": len(scored),
                                              "perplexity_tokens": sum(len(r) for _, r in scored),
                                              "reply_prompts": len(replies), "reply_tokens": args.reply_tokens,
                                              "files_mb": {d: round(p.stat().st_size / 1e6) for d, p in files.items()},
