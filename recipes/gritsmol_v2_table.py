@@ -111,6 +111,8 @@ FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, mod
     ("TyDi QA dev-en, all questions", "stage 10 (shipped)", "tydiqa",
      ("gritsmol-v2-rag-gpu/gold-distill-rag-440-docs.json", "gritsmol-v2-rag-gpu/gold-distill-rag-440-query.json",
       "gritsmol-v2-rag-gpu/gold-distill-rag-440-more.json")),
+    ("TyDi QA dev-en, all questions", "SmolLM2-135M-Instruct without an adapter", "tydiqa",
+     ("gritsmol-v2-rag-gpu/base-rag-440-norag.json",)),
     ("TyDi QA dev-en, all questions", "stage 10's k = 1 arm (not shipped)", "tydiqa", ("gritsmol-v2-rag-gpu/k1-rag-440-cached.json",)),
     ("TyDi QA dev-en, all questions", "stage 10's distill arm (not shipped)", "tydiqa",
      ("gritsmol-v2-rag-gpu/distill-rag-440-cached.json",)),
