@@ -36,8 +36,8 @@ INSTALL_HINT = ("generation_backend='llamacpp' needs llama-cpp-python: pip insta
                 "(it builds from source; see docs/gguf.md for a build that runs on any x86-64 CPU)")
 
 logger = logging.getLogger(__name__)
-# Flash attention decodes 3-12% faster here than llama-cpp-python's default (off), with the same greedy
-# tokens from f16 files (benchmarks/generate_speed.py --llamacpp-backend measures both).
+# Flash attention (llama-cpp-python's default: off) made plain llama-cpp-python 1-13% faster in 7 of 8
+# cells of benchmarks/generate_speed.py --llamacpp-backend here, with the same greedy tokens from f16 files.
 LLAMA_OPTIONS = {"flash_attn": True}
 
 
