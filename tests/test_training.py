@@ -317,6 +317,23 @@ def test_resume_continues_with_the_same_data_order_and_random_state(tiny_dir, da
             assert got[key] == pytest.approx(expected[key], rel=1e-5), key
 
 
+def test_resuming_a_checkpoint_that_saved_precision_auto_warns_of_no_change(uninterrupted, tmp_path, caplog):
+    from gritkit.training.trainer import STATE_FILENAME
+
+    config, _ = uninterrupted
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-0000002"
+    shutil.copytree(Path(config.output_dir) / "checkpoints" / "step-0000002", checkpoint)
+    state = json.loads((checkpoint / STATE_FILENAME).read_text())
+    state["config"]["precision"] = "auto"  # as runs wrote it before they recorded what ran
+    (checkpoint / STATE_FILENAME).write_text(json.dumps(state))
+    with caplog.at_level("WARNING", logger="gritkit.training.trainer"):
+        train(config.replace(output_dir=str(tmp_path / "run")), resume=True)
+    assert "changed options" not in caplog.text
+    with caplog.at_level("WARNING", logger="gritkit.training.trainer"):
+        train(config.replace(output_dir=str(tmp_path / "run"), max_steps=5, learning_rate=2e-3), resume=True)
+    assert "changed options ['learning_rate']" in caplog.text
+
+
 def test_output_dir_loads_with_config_metrics_and_adapter(uninterrupted):
     config, history = uninterrupted
     output_dir = Path(config.output_dir)

@@ -525,6 +525,8 @@ def _tensorboard_writer_class():
 
 def _warn_config_changes(checkpoint: Path, config: TrainingConfig) -> None:
     saved = json.loads((checkpoint / STATE_FILENAME).read_text())["config"]
+    if saved.get("precision") == "auto":  # a checkpoint from before runs recorded what "auto" became
+        saved["precision"] = resolve_precision("auto")
     free = {"max_steps", "output_dir", "checkpoint_every", "keep_checkpoints", "log_every", "tensorboard"}
     changed = sorted(k for k, v in config.to_dict().items() if k not in free and saved.get(k) != v)
     if changed:
