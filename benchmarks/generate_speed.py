@@ -181,7 +181,8 @@ def compare_llamacpp_backend(args: argparse.Namespace) -> None:
     for row in rows:  # the quality columns of the 1-thread rows hold for 2 threads too
         quality = next(r for r in rows if r["system"] == row["system"] and "perplexity" in r)
         row.update({key: quality[key] for key in ("perplexity", "perplexity vs fp32", "greedy = fp32")})
-    report("generate_speed_llamacpp", rows, {"new_tokens": args.new_tokens, "backend_llama_options": LLAMA_OPTIONS, "perplexity_rows": len(scored),
+    report("generate_speed_llamacpp", rows, {"new_tokens": args.new_tokens, "backend_llama_options": LLAMA_OPTIONS,
+                                             "perplexity_rows": len(scored),
                                              "perplexity_tokens": sum(len(r) for _, r in scored),
                                              "reply_prompts": len(replies), "reply_tokens": args.reply_tokens,
                                              "files_mb": {d: round(p.stat().st_size / 1e6) for d, p in files.items()},

@@ -335,10 +335,12 @@ def test_resuming_a_checkpoint_that_saved_precision_auto_warns_of_no_change(unin
 
 
 def test_output_dir_loads_with_config_metrics_and_adapter(uninterrupted):
+    from gritkit.training.trainer import resolve_precision
+
     config, history = uninterrupted
     output_dir = Path(config.output_dir)
     saved = TrainingConfig.from_yaml(output_dir / "training_config.yaml")
-    assert saved == config.replace(precision=saved.precision)  # "auto" saved as what it resolved to
+    assert saved == config.replace(precision=resolve_precision(config.precision))  # "auto" saved as what it became
     assert json.loads((output_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == config.model
     logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [1, 2, 3, 4] and logged[-1]["loss"] == history[-1]["loss"]
