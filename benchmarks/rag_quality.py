@@ -49,11 +49,13 @@ def run(args: argparse.Namespace) -> dict:
         entry = {"questions": len(corpus.questions), "corpus_passages": len(corpus.passages),
                  "retrieval": rag_qa.retrieval_scores([retrieval[i] for i in sorted(ids)]), "modes": {}}
         rag = RAG(model, index, answer_prefix=args.answer_prefix)
+        penalties, setting = decoding_penalties(args)
         answered = {}
         for mode_name in args.modes:
             mode = rag_qa.MODES_BY_NAME[mode_name]
-            rows = answered[mode.name] = rag_qa.answer_rows(rag, mode, corpus, directory / f"{mode.name}.jsonl",
-                                                            max_new_tokens=args.max_new_tokens, progress=tqdm)
+            rows = answered[mode.name] = rag_qa.answer_rows(rag, mode, corpus, directory / f"{mode.name}{setting}.jsonl",
+                                                            max_new_tokens=args.max_new_tokens, progress=tqdm,
+                                                            **penalties)
             entry["modes"][mode.name] = {"label": mode.label, "k": mode.k,
                                          **rag_qa.answer_scores([rows[i] for i in sorted(ids)])}
             reference = rag_qa.SAME_AS.get(mode.name)
@@ -64,6 +66,13 @@ def run(args: argparse.Namespace) -> dict:
             write_results(args.output, results)  # the summary so far, after every mode
         index.close()
     return results
+
+
+def decoding_penalties(args: argparse.Namespace) -> tuple[dict[str, float], str]:
+    """The penalties that differ from neutral, and the suffix that keeps their answers apart from greedy ones."""
+    neutral = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0}
+    penalties = {name: getattr(args, name) for name, value in neutral.items() if getattr(args, name) != value}
+    return penalties, "".join(f"-{name.split('_')[0]}{value:g}" for name, value in penalties.items())
 
 
 def markdown(results: dict) -> str:
@@ -98,6 +107,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="a seeded subset of each corpus's questions")
     parser.add_argument("--squad-sample", type=int, default=300, help="SQuAD dev questions in the fixed sample")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--frequency-penalty", type=float, default=0.0, help="see gritkit.model.Sampler")
+    parser.add_argument("--presence-penalty", type=float, default=0.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--answer-prefix", default="", help="text the assistant's reply starts with")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--work-dir", type=Path, default=Path("results/tmp/rag_quality"),

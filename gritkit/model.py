@@ -402,25 +402,30 @@ class GritLM:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[int]:
         """Yield new token ids one at a time (greedy when temperature is 0), until EOS or the budget.
 
-        With ``past_key_values``, ``input_ids`` are only the tokens after the cached prefix.
+        With ``past_key_values``, ``input_ids`` are only the tokens after the cached prefix. The
+        penalties (see :class:`Sampler`) count only the tokens generated here.
         """
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if len(input_ids) == 0:
             raise ValueError("generation needs at least one new input token after the cache")
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        sampler = Sampler(temperature, top_p, seed=seed, device=self.device, frequency_penalty=frequency_penalty,
+                          presence_penalty=presence_penalty, repetition_penalty=repetition_penalty)
         stop_ids = self.stop_token_ids()
         if self.llamacpp is not None and past_key_values is None:  # after a RAG cache, decoding stays here
             yield from self.llamacpp.generate_ids(
                 input_ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                next_token=lambda logits: _next_token(logits.to(self.device), temperature, top_p, generator))
+                next_token=lambda logits: sampler(logits.to(self.device)))
             return
         cache, logits = self.prefill(input_ids, past_key_values)
         for step in range(max_new_tokens):
-            token = _next_token(logits.float(), temperature, top_p, generator)
+            token = sampler(logits)
             if token in stop_ids:
                 return
             yield token
@@ -438,16 +443,18 @@ class GritLM:
         seed: int | None = None,
         stream: bool = False,
         past_key_values: DynamicCache | None = None,
+        **penalties: float,
     ) -> str | Iterator[str]:
         """Generate a reply to a conversation (list of messages) or continue a raw prompt (str).
 
         ``stream=True`` returns an iterator of text pieces; ``stop`` strings end the text (excluded).
         With ``past_key_values`` the prompt continues the cached tokens (no BOS, no system preamble,
-        messages as later turns); the cache itself is left as it was.
+        messages as later turns); the cache itself is left as it was. ``penalties`` are
+        ``frequency_penalty``, ``presence_penalty`` and ``repetition_penalty`` (see :class:`Sampler`).
         """
         input_ids = self.prompt_ids(prompt, after_cache=past_key_values is not None)
         pieces = self.stream_text(input_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                  top_p=top_p, stop=stop, seed=seed, past_key_values=past_key_values)
+                                  top_p=top_p, stop=stop, seed=seed, past_key_values=past_key_values, **penalties)
         return pieces if stream else "".join(pieces)
 
     def stream_text(self, input_ids: Sequence[int], *, stop: str | Sequence[str] | None = None,
@@ -599,15 +606,54 @@ def _quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def _next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
-    if temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1:
-        sorted_probs, sorted_ids = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < top_p
-        keep[0] = True  # however small top_p, the most likely token stays
-        probs = torch.zeros_like(probs).scatter(0, sorted_ids[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
+class Sampler:
+    """Picks each next token from the logits: greedy at temperature 0, else temperature and top-p sampling.
+
+    Penalties apply to the tokens this sampler has picked, not to the prompt, so that an answer may
+    copy words from a retrieved passage and cached and uncached prompts decode alike:
+    ``frequency_penalty`` and ``presence_penalty`` (OpenAI's, in [-2, 2]) subtract ``count *
+    frequency_penalty + presence_penalty`` from the logit of each token already picked;
+    ``repetition_penalty`` (transformers', > 0) divides its positive logits and multiplies its negative ones.
+    """
+
+    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, *, seed: int | None = None,
+                 device: torch.device | str = "cpu", frequency_penalty: float = 0.0,
+                 presence_penalty: float = 0.0, repetition_penalty: float = 1.0):
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if not (-2 <= frequency_penalty <= 2 and -2 <= presence_penalty <= 2):
+            raise ValueError("frequency_penalty and presence_penalty must be in [-2, 2]")
+        if not repetition_penalty > 0:
+            raise ValueError("repetition_penalty must be > 0")
+        self.temperature, self.top_p = temperature, top_p
+        self.frequency_penalty, self.presence_penalty = frequency_penalty, presence_penalty
+        self.repetition_penalty = repetition_penalty
+        self.generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        self.counts: dict[int, int] = {}
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        token = self._pick(self.penalize(logits.float()))
+        self.counts[token] = self.counts.get(token, 0) + 1
+        return token
+
+    def penalize(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits with this sampler's penalties applied to the tokens picked so far."""
+        if not self.counts or (self.frequency_penalty == self.presence_penalty == 0 and self.repetition_penalty == 1):
+            return logits
+        ids = torch.tensor(list(self.counts), device=logits.device)
+        counts = torch.tensor(list(self.counts.values()), dtype=logits.dtype, device=logits.device)
+        seen = logits[ids]
+        seen = torch.where(seen > 0, seen / self.repetition_penalty, seen * self.repetition_penalty)
+        seen = seen - counts * self.frequency_penalty - self.presence_penalty
+        return logits.index_put((ids,), seen)
+
+    def _pick(self, logits: torch.Tensor) -> int:
+        if self.temperature == 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.top_p < 1:
+            sorted_probs, sorted_ids = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(0) - sorted_probs < self.top_p
+            keep[0] = True  # however small top_p, the most likely token stays
+            probs = torch.zeros_like(probs).scatter(0, sorted_ids[keep], sorted_probs[keep])
+        return int(torch.multinomial(probs, 1, generator=self.generator))

@@ -51,6 +51,16 @@ def test_chat_one_shot_and_interactive():
     assert interactive.returncode == 0 and "Paris" in interactive.stdout and ">>>" in interactive.stdout
 
 
+def test_chat_takes_penalties_and_refuses_bad_ones(default_model):
+    prompt = "Count from 1 to 10, digits and commas only."
+    penalised = gritkit("chat", prompt, "--max-new-tokens", "24", "--frequency-penalty", "2")
+    assert penalised.returncode == 0, penalised.stderr
+    expected = default_model.generate([{"role": "user", "content": prompt}], max_new_tokens=24, frequency_penalty=2.0)
+    assert penalised.stdout.strip() == expected.strip()
+    bad = gritkit("chat", prompt, "--repetition-penalty", "0")
+    assert bad.returncode == 2 and "repetition_penalty must be > 0" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_cache_prune_keeps_what_the_default_loads(tmp_path, monkeypatch):
     from gritkit.loading import cache_entries, merged_default_dir
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gritkit import GritLM, ModelLoadError
+from gritkit.model import Sampler
 from gritkit.loading import default_gguf_path
 
 
@@ -93,9 +94,30 @@ def test_sampling_is_reproducible_with_a_seed(default_model):
     assert first == second
 
 
+def test_penalties_lower_the_logits_of_picked_tokens_only():
+    logits = torch.tensor([1.0, 2.0, -1.0, 0.5])
+    sampler = Sampler(frequency_penalty=0.5, presence_penalty=0.1, repetition_penalty=2.0)
+    assert torch.equal(sampler.penalize(logits), logits)  # nothing picked yet
+    assert sampler(logits) == 1
+    assert torch.allclose(sampler.penalize(logits), torch.tensor([1.0, 2.0 / 2 - 0.5 - 0.1, -1.0, 0.5]))
+    assert sampler(logits) == 0
+    assert torch.allclose(sampler.penalize(logits), torch.tensor([1.0 / 2 - 0.6, 2.0 / 2 - 0.6, -1.0, 0.5]))
+    assert sampler(logits) == 3  # the one token not yet picked leads now
+
+
+def test_a_frequency_penalty_breaks_a_loop_and_leaves_the_first_token(default_model):
+    prompt = "1, 2, 3, 4,"
+    greedy = default_model.generate(prompt, max_new_tokens=12)
+    penalised = default_model.generate(prompt, max_new_tokens=12, frequency_penalty=2.0)
+    assert greedy.count(",") >= 4 and penalised.count(",") < greedy.count(",")
+    first = default_model.tokenizer.encode(greedy, add_special_tokens=False)[0]
+    assert default_model.tokenizer.encode(penalised, add_special_tokens=False)[0] == first  # the prompt is not penalised
+
+
 @pytest.mark.parametrize("prompt, kwargs, error", [
     ("", {}, ValueError), ([], {}, ValueError), ([{"role": "user"}], {}, TypeError),
     ("hi", {"max_new_tokens": 0}, ValueError), ("hi", {"temperature": -1.0}, ValueError),
+    ("hi", {"frequency_penalty": 2.5}, ValueError), ("hi", {"repetition_penalty": 0.0}, ValueError),
 ])
 def test_bad_generation_arguments_raise(default_model, prompt, kwargs, error):
     with pytest.raises(error):

@@ -228,6 +228,16 @@ def test_stop_string_ends_the_text(client):
     assert "6" not in response.choices[0].text and response.choices[0].finish_reason == "stop"
 
 
+def test_penalties_reach_the_model(client, default_model):
+    prompt = "1, 2, 3, 4,"
+    greedy = default_model.generate(prompt, max_new_tokens=12)
+    for native, extra in (({"frequency_penalty": 2.0, "presence_penalty": 0.5}, {}), ({}, {"repetition_penalty": 3.0})):
+        response = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=12, temperature=0,
+                                             extra_body=extra, **native)
+        assert response.choices[0].text == default_model.generate(prompt, max_new_tokens=12, **native, **extra)
+        assert response.choices[0].text != greedy
+
+
 def test_seeded_sampling_is_reproducible(client):
     kwargs = dict(model=MODEL_ID, messages=MESSAGES, max_tokens=5, temperature=1.2, seed=7)
     first = client.chat.completions.create(**kwargs).choices[0].message.content
@@ -316,7 +326,12 @@ BAD_REQUESTS = [
     ("seed-too-big", "/v1/chat/completions", {**CHAT, "seed": 10**30}, 400, "seed"),
     ("stop-five-strings", "/v1/chat/completions", {**CHAT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("stream-not-bool", "/v1/chat/completions", {**CHAT, "stream": "yes"}, 400, "stream"),
-    ("presence-penalty", "/v1/chat/completions", {**CHAT, "presence_penalty": 1.0}, 400, "presence_penalty"),
+    ("presence-penalty-too-high", "/v1/chat/completions", {**CHAT, "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ("frequency-penalty-string", "/v1/chat/completions", {**CHAT, "frequency_penalty": "x"}, 400,
+     "frequency_penalty"),
+    ("repetition-penalty-zero", "/v1/chat/completions", {**CHAT, "repetition_penalty": 0.0}, 400,
+     "repetition_penalty"),
+    ("logit-bias-unsupported", "/v1/chat/completions", {**CHAT, "logit_bias": {"42": 5.0}}, 400, "logit_bias"),
     ("logprobs-unsupported", "/v1/chat/completions", {**CHAT, "logprobs": True}, 400, "logprobs"),
     ("tools-unsupported", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function"}]}, 400, "tools"),
     ("unknown-chat-model", "/v1/chat/completions", {**CHAT, "model": "gpt-4o"}, 404, "model"),

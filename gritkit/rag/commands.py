@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from gritkit.commands import BackendOption, GgufDtypeOption, backend_options, fail, load_model
+from gritkit.commands import (BackendOption, FrequencyPenaltyOption, GgufDtypeOption, RepetitionPenaltyOption,
+                              backend_options, fail, load_model)
 
 index_app = typer.Typer(no_args_is_help=True, help="A persistent GRIT index: add, search, delete, stats, rebuild.")
 
@@ -225,6 +226,8 @@ def ask(
              "causal first for --cache doc)")] = None,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
+    frequency_penalty: FrequencyPenaltyOption = 0.0,
+    repetition_penalty: RepetitionPenaltyOption = 1.0,
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer, passages and timings as JSON")] = False,
     generation_backend: BackendOption = "torch",
@@ -236,7 +239,9 @@ def ask(
     with _open(index, model, need_model=True, model_options=backend_options(generation_backend, gguf_dtype)) as opened:
         try:
             answer = RAG(opened.model, opened).answer(question, cache=cache, k=k, order=order, doc_cache=doc_cache,
-                                                      max_new_tokens=max_new_tokens, temperature=temperature)
+                                                      max_new_tokens=max_new_tokens, temperature=temperature,
+                                                      frequency_penalty=frequency_penalty,
+                                                      repetition_penalty=repetition_penalty)
         except ValueError as error:
             raise fail(str(error)) from error
     if as_json:

@@ -143,6 +143,7 @@ class RAG:
         temperature: float = 0.0,
         seed: int | None = None,
         doc_cache: KVKind | None = None,
+        **penalties: float,
     ) -> Answer:
         """Retrieve ``k`` passages for ``question`` and generate an answer using the ``cache`` mode.
 
@@ -150,7 +151,7 @@ class RAG:
         ``doc_cache`` picks the passage states of the modes with passages: ``"causal"`` (``cache="doc"``
         only; with ``k=1`` the answer equals ``cache="none", order="doc_first"``) or ``"bidirectional"``
         (the embedding pass). Default: what the index holds, causal first for ``"doc"``. Asking for a
-        kind the index does not hold is a ``ValueError``.
+        kind the index does not hold is a ``ValueError``. ``penalties`` are those of :meth:`GritLM.generate`.
         """
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
@@ -201,7 +202,7 @@ class RAG:
 
         generate_start = time.perf_counter()
         text = "".join(model.stream_text(prompt_ids[-1:], past_key_values=past, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, seed=seed))
+                                         temperature=temperature, seed=seed, **penalties))
         timings["generate"] = time.perf_counter() - generate_start
         timings["total"] = time.perf_counter() - start
         return Answer(text=text.strip(), passages=passages, timings=timings, cache=cache, order=order,

@@ -448,7 +448,7 @@ async def complete(request: Request, body: SamplingRequest, prompt_ids: list[int
     # which would otherwise underflow (top_p) or overflow (logits / temperature) in float32.
     greedy = body.top_p < 1e-6 or body.temperature < 1e-6
     sampling = dict(stop=body.stops(), max_new_tokens=max_tokens, temperature=0.0 if greedy else body.temperature,
-                    top_p=1.0 if greedy else body.top_p, seed=body.seed)
+                    top_p=1.0 if greedy else body.top_p, seed=body.seed, **body.penalties())
     ticket = server.ticket()
     try:
         job = server.generator.submit(lambda: server.model.stream_text(prompt_ids, **sampling),

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI API (and gritkit's RAG route) as pydantic models.
 
 Unknown fields are refused (``extra="forbid"``) so a typo gets a 400 instead of being
-silently ignored. Fields OpenAI defines but gritkit cannot honour (penalties, logprobs,
+silently ignored. Fields OpenAI defines but gritkit cannot honour (logit bias, logprobs,
 several choices) are accepted only at their neutral value; anything else is a 400.
 """
 
@@ -91,15 +91,21 @@ class SamplingRequest(OpenAIRequest):
     seed: StrictInt | None = Field(None, ge=-(2**63), lt=2**64)  # what torch.Generator.manual_seed takes
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    frequency_penalty: StrictFloat | None = None
-    presence_penalty: StrictFloat | None = None
+    frequency_penalty: StrictFloat | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: StrictFloat | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: StrictFloat | None = Field(None, gt=0.0)  # vLLM's extra; see gritkit.model.Sampler
     logit_bias: dict[str, StrictFloat] | None = None
 
-    _unsupported = _only_neutral({"n": (1,), "frequency_penalty": (0, None), "presence_penalty": (0, None),
-                                  "logit_bias": ({}, None)})
+    _unsupported = _only_neutral({"n": (1,), "logit_bias": ({}, None)})
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def penalties(self) -> dict[str, float]:
+        """The penalties the request sets, as ``GritLM.generate`` takes them."""
+        given = {"frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
+                 "repetition_penalty": self.repetition_penalty}
+        return {name: value for name, value in given.items() if value is not None}
 
 
 class TextPart(BaseModel):

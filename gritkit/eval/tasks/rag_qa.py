@@ -152,13 +152,15 @@ def retrieval_rows(index, corpus: Corpus, path: Path, progress: Callable = lambd
 
 
 def answer_rows(rag, mode: Mode, corpus: Corpus, path: Path, *, max_new_tokens: int,
-                progress: Callable = lambda items, **_: items) -> dict[str, dict]:
-    """One answer per question in ``mode``, appended to ``path`` as made; rows already there are kept."""
+                progress: Callable = lambda items, **_: items, **penalties: float) -> dict[str, dict]:
+    """One answer per question in ``mode``, appended to ``path`` as made; rows already there are kept.
+
+    ``penalties`` go to :meth:`RAG.answer` (keep one ``path`` per setting)."""
     rows = read_rows(path)
     with open_for_append(path) as file:
         for question in progress([q for q in corpus.questions if q.id not in rows], desc=f"{corpus.name} {mode.name}"):
             answer = rag.answer(question.question, cache=mode.cache, order=mode.order, k=mode.k,
-                                doc_cache=mode.doc_cache, max_new_tokens=max_new_tokens)
+                                doc_cache=mode.doc_cache, max_new_tokens=max_new_tokens, **penalties)
             timings = answer.timings
             rows[question.id] = {"id": question.id, "output": answer.text, "answers": question.answers,
                                  "passage": answer.passages[0].doc_id if answer.passages else None,
