@@ -36,6 +36,7 @@ DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_SPEC = "smollm2-base"
 DEFAULT_SPEC = "default"
 SHIPPED_ADAPTER_DIR = Path(__file__).parent / "adapters" / "gritsmol"
+GENERATION_CONFIG = "generation_config.json"  # decoding defaults, as transformers and vLLM read them
 
 
 class ModelLoadError(RuntimeError):
@@ -92,13 +93,15 @@ def convert_gguf(gguf_path: str | Path) -> Path:
 
 def _merged_default_path() -> Path:
     base = _gguf_cache_path(default_gguf_path())
-    digest = hashlib.sha256((SHIPPED_ADAPTER_DIR / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+    keyed = [SHIPPED_ADAPTER_DIR / name for name in ("adapter_model.safetensors", GENERATION_CONFIG)]
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in keyed if path.is_file())).hexdigest()[:12]
     return cache_dir() / "merged" / f"gritsmol-{digest}-on-{base.name}"
 
 
 def merged_default_dir() -> Path:
     """The shipped adapter merged into the base, saved in the cache once, so the default loads
-    like a plain model (no peft import, no merge: ~0.6 s less cold start). Keyed on the adapter's bytes."""
+    like a plain model (no peft import, no merge: ~0.6 s less cold start). Keyed on the adapter's bytes
+    (weights and decoding defaults)."""
     target = _merged_default_path()
     if not (target / "config.json").is_file():
         model, tokenizer = _load_adapter_dir(SHIPPED_ADAPTER_DIR, torch.float32, "cpu", merge=True)
@@ -205,8 +208,19 @@ def _load_adapter_dir(path: Path, dtype: torch.dtype, device: str, merge: bool) 
     if (path / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)
     model = PeftModel.from_pretrained(model, path).to(device)
+    _apply_generation_config(model, path / GENERATION_CONFIG)
     # merged: plain linear layers again, as fast as the base; unmerged: the adapter can be trained on
     return (model.merge_and_unload() if merge else model), tokenizer
+
+
+def _apply_generation_config(model: PreTrainedModel, path: Path) -> None:
+    """Set the decoding defaults an adapter ships (its ``generation_config.json``) on the model it applies to."""
+    if path.is_file():
+        for key, value in json.loads(path.read_text()).items():
+            if key != "transformers_version":
+                setattr(model.generation_config, key, value)
+        # Else transformers rebuilds the config from the model's when the merged model is loaded again.
+        model.generation_config._from_model_config = False
 
 
 def load(spec: str | os.PathLike | None, *, dtype: torch.dtype, device: str,

@@ -392,6 +392,14 @@ class GritLM:
                             is_causal=attention == "causal", logits_to_keep=1)
         return output.past_key_values, output.logits[0, -1]
 
+    @property
+    def default_penalties(self) -> dict[str, float]:
+        """The decoding penalties the model's generation config sets (``generation_config.json`` of the
+        model or adapter folder, as in transformers and vLLM); a call that gives one overrides it."""
+        config = getattr(self.model, "generation_config", None)
+        return {name: float(value) for name in ("frequency_penalty", "presence_penalty", "repetition_penalty")
+                if (value := getattr(config, name, None)) is not None}
+
     @torch.inference_mode()
     def generate_ids(
         self,
@@ -402,21 +410,24 @@ class GritLM:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        repetition_penalty: float = 1.0,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        repetition_penalty: float | None = None,
     ) -> Iterator[int]:
         """Yield new token ids one at a time (greedy when temperature is 0), until EOS or the budget.
 
         With ``past_key_values``, ``input_ids`` are only the tokens after the cached prefix. The
-        penalties (see :class:`Sampler`) count only the tokens generated here.
+        penalties (see :class:`Sampler`) count only the tokens generated here; one not given is the
+        model's default (:attr:`default_penalties`).
         """
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if len(input_ids) == 0:
             raise ValueError("generation needs at least one new input token after the cache")
-        sampler = Sampler(temperature, top_p, seed=seed, device=self.device, frequency_penalty=frequency_penalty,
-                          presence_penalty=presence_penalty, repetition_penalty=repetition_penalty)
+        given = {"frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty,
+                 "repetition_penalty": repetition_penalty}
+        penalties = {**self.default_penalties, **{name: value for name, value in given.items() if value is not None}}
+        sampler = Sampler(temperature, top_p, seed=seed, device=self.device, **penalties)
         stop_ids = self.stop_token_ids()
         if self.llamacpp is not None and past_key_values is None:  # after a RAG cache, decoding stays here
             yield from self.llamacpp.generate_ids(

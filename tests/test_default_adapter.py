@@ -48,6 +48,8 @@ def test_the_default_is_the_adapter_merged_and_cached(default_model):
     assert (merged_default_dir() / "model.safetensors").is_file()  # the default loads from here
     through_peft = GritLM.from_pretrained(SHIPPED_ADAPTER_DIR)  # adapter dir -> peft merge in memory
     np.testing.assert_allclose(default_model.encode(texts), through_peft.encode(texts), atol=1e-5)
+    shipped = json.loads((SHIPPED_ADAPTER_DIR / "generation_config.json").read_text())
+    assert default_model.default_penalties == through_peft.default_penalties == shipped  # both ways keep it
 
 
 @pytest.mark.needs_data

@@ -107,11 +107,22 @@ def test_penalties_lower_the_logits_of_picked_tokens_only():
 
 def test_a_frequency_penalty_breaks_a_loop_and_leaves_the_first_token(default_model):
     prompt = "1, 2, 3, 4,"
-    greedy = default_model.generate(prompt, max_new_tokens=12)
+    greedy = default_model.generate(prompt, max_new_tokens=12, frequency_penalty=0.0)
     penalised = default_model.generate(prompt, max_new_tokens=12, frequency_penalty=2.0)
     assert greedy.count(",") >= 4 and penalised.count(",") < greedy.count(",")
     first = default_model.tokenizer.encode(greedy, add_special_tokens=False)[0]
     assert default_model.tokenizer.encode(penalised, add_special_tokens=False)[0] == first  # the prompt is not penalised
+
+
+def test_penalties_in_the_generation_config_are_defaults_a_call_overrides(tiny_model, tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path)
+    # A negative presence penalty favours tokens already picked, which a random model otherwise never repeats.
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "presence_penalty": -2.0}))
+    model = GritLM.from_pretrained(tmp_path)
+    assert model.default_penalties == {"presence_penalty": -2.0}
+    prompt, options = "a b a b a b", dict(max_new_tokens=24)
+    neutral = model.generate(prompt, presence_penalty=0.0, **options)
+    assert model.generate(prompt, **options) == model.generate(prompt, presence_penalty=-2.0, **options) != neutral
 
 
 @pytest.mark.parametrize("prompt, kwargs, error", [

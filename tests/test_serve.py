@@ -230,7 +230,7 @@ def test_stop_string_ends_the_text(client):
 
 def test_penalties_reach_the_model(client, default_model):
     prompt = "1, 2, 3, 4,"
-    greedy = default_model.generate(prompt, max_new_tokens=12)
+    greedy = default_model.generate(prompt, max_new_tokens=12, frequency_penalty=0.0)
     for native, extra in (({"frequency_penalty": 2.0, "presence_penalty": 0.5}, {}), ({}, {"repetition_penalty": 3.0})):
         response = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=12, temperature=0,
                                              extra_body=extra, **native)

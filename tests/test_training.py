@@ -356,6 +356,8 @@ def test_output_dir_loads_with_config_metrics_and_adapter(uninterrupted):
 
 
 def test_export_adapter_ships_a_half_precision_copy_that_loads_alike(uninterrupted, tmp_path):
+    from gritkit.training.export import export_adapter
+
     config, _ = uninterrupted
     results = tmp_path / "eval.json"
     save_records([Record("x", "stsb", "spearman", 0.5, 10, 1.0, "abc")], results)
@@ -378,6 +380,10 @@ def test_export_adapter_ships_a_half_precision_copy_that_loads_alike(uninterrupt
         failed = runner.invoke(app, ["export-adapter", config.output_dir, str(destination), "--results", str(bad)])
         assert failed.exit_code == 2 and "bad.json" in failed.output
     assert (destination / "eval.json").is_file()  # a failed export keeps the previous one
+    run = Path(shutil.copytree(config.output_dir, tmp_path / "run"))
+    (run / "generation_config.json").write_text('{"frequency_penalty": 0.5}')  # decoding defaults travel along
+    assert GritLM.from_pretrained(export_adapter(run, tmp_path / "with_defaults")).default_penalties == {
+        "frequency_penalty": 0.5}
 
 
 def test_export_adapter_records_every_stage_of_a_continued_run(tiny_dir, data, uninterrupted, tmp_path):

@@ -19,7 +19,7 @@ from gritkit import loading
 from gritkit.results import Record, load_records, save_records
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-COPIED_FILES = ("adapter_config.json", "training_config.yaml", "metrics.jsonl")
+COPIED_FILES = ("adapter_config.json", "training_config.yaml", "metrics.jsonl", "generation_config.json")
 
 
 def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Sequence[str | Path] = (),
