@@ -105,6 +105,7 @@ def main() -> None:
     print("| retrieval top-1 | " + " | ".join(
         cell(r["_retrieval"]["top1"]) if r else "–" for r in rag.values()) + " |")
     full_rag_table()
+    decoding_table()
 
 
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
@@ -160,6 +161,42 @@ def full_rag_table() -> None:
                                                             ("match", "exact_match", "f1", "degenerate")) + f" | {paper} |")
         print(f"| retrieval top-1 / top-5 | | {100 * retrieval['top1']:.1f} / {100 * retrieval['top5']:.1f} | | | | |")
     print("\nPaper column: GritLM-7B on Natural Questions, match; its uncached RAG row is 30.47.")
+
+
+STAGE10 = {"tydiqa": ("gritsmol-v2-rag-gpu/gold-distill-rag-440-docs.json", "gritsmol-v2-rag-gpu/gold-distill-rag-440-query.json",
+                      "gritsmol-v2-rag-gpu/gold-distill-rag-440-more.json"),
+           "squad": ("gritsmol-v2-rag-gpu/gold-distill-rag-squad-docs.json",
+                     "gritsmol-v2-rag-gpu/gold-distill-rag-squad-query.json")}
+STAGE10_PENALISED = {"tydiqa": ("gritsmol-v2-rag-gpu/freq0.5-rag-440-docs.json", "gritsmol-v2-rag-gpu/freq0.5-rag-440-query.json"),
+                     "squad": ("gritsmol-v2-rag-gpu/freq0.5-rag-squad-docs.json",
+                               "gritsmol-v2-rag-gpu/freq0.5-rag-squad-query.json")}
+NQ_OPEN = {"greedy": "gritsmol-v2-rag-gpu/gold-distill-generative-100.json",
+           "frequency_penalty 0.5": "gritsmol-v2-rag-gpu/default-generative-100.json"}
+
+
+def decoding_table() -> None:
+    """Stage 10 answering greedily and with its default decoding (frequency_penalty 0.5), mode by mode."""
+    for corpus, title in (("tydiqa", "TyDi QA dev-en, all questions"), ("squad", "SQuAD v1.1 dev, fixed sample")):
+        greedy, penalised = _modes(STAGE10[corpus], corpus), _modes(STAGE10_PENALISED[corpus], corpus)
+        if not penalised:
+            continue
+        print(f"\n| {title}, stage 10 | n | greedy: match | degenerate | frequency_penalty 0.5: match | degenerate |"
+              "\n|---|---:|---:|---:|---:|---:|")
+        for mode, label in FULL_RAG_MODES:
+            if mode in penalised:
+                cells = [f"{100 * rows[mode][key]:.1f}" if mode in rows else "–"
+                         for rows in (greedy, penalised) for key in ("match", "degenerate")]
+                print(f"| {label} | {penalised[mode]['n']} | " + " | ".join(cells) + " |")
+    nq = [records(path).get("nq_open") for path in NQ_OPEN.values()]
+    print("\n| NQ-open closed book (100), stage 10 | " + " | ".join(NQ_OPEN) + " |\n|---|---:|---:|")
+    print("| match | " + " | ".join(cell(value) for value in nq) + " |")
+
+
+def _modes(paths: tuple[str, ...], corpus: str) -> dict:
+    modes = {}
+    for path in paths:
+        modes |= {mode: row for mode, row in _rag(path, corpus).items() if mode != "_retrieval"}
+    return modes
 
 
 def _rag(path: str, corpus: str = "tydiqa") -> dict:

@@ -382,8 +382,9 @@ def test_export_adapter_ships_a_half_precision_copy_that_loads_alike(uninterrupt
     assert (destination / "eval.json").is_file()  # a failed export keeps the previous one
     run = Path(shutil.copytree(config.output_dir, tmp_path / "run"))
     (run / "generation_config.json").write_text('{"frequency_penalty": 0.5}')  # decoding defaults travel along
-    assert GritLM.from_pretrained(export_adapter(run, tmp_path / "with_defaults")).default_penalties == {
-        "frequency_penalty": 0.5}
+    exported = export_adapter(run, tmp_path / "with_defaults")
+    assert GritLM.from_pretrained(exported).default_penalties == {"frequency_penalty": 0.5}
+    assert "`frequency_penalty` 0.5" in (exported / "README.md").read_text()
 
 
 def test_export_adapter_records_every_stage_of_a_continued_run(tiny_dir, data, uninterrupted, tmp_path):

@@ -47,7 +47,8 @@ def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Seq
     if len(stages) > 1:
         (staging / "training_stages.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     (staging / "README.md").write_text(model_card(title, json.loads((run_dir / "adapter_config.json").read_text()),
-                                                  sum(t.numel() for t in weights.values()), records, len(stages)))
+                                                  sum(t.numel() for t in weights.values()), records, len(stages),
+                                                  _decoding_defaults(staging)))
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return destination
@@ -71,7 +72,8 @@ def training_stages(run_dir: Path) -> list[dict]:
     return stages
 
 
-def model_card(title: str, adapter_config: dict, parameters: int, records: list[Record], stages: int = 1) -> str:
+def model_card(title: str, adapter_config: dict, parameters: int, records: list[Record], stages: int = 1,
+               decoding: dict | None = None) -> str:
     """A short Markdown card: what the adapter is, how to load it, how it was trained and scored."""
     lines = [f"# {title}", "",
              (f"LoRA adapter (r={adapter_config.get('r')}, alpha={adapter_config.get('lora_alpha')}, "
@@ -81,10 +83,19 @@ def model_card(title: str, adapter_config: dict, parameters: int, records: list[
              "Training options: `training_config.yaml`; loss per step: `metrics.jsonl`."
              + (f" Trained in {stages} stages, each continuing the one before: `training_stages.yaml` holds every "
                 "stage's options, the first stage first." if stages > 1 else "")]
+    if decoding:
+        lines += ["", "Decoding defaults (`generation_config.json`; a call's own arguments override them): "
+                  + ", ".join(f"`{name}` {value}" for name, value in decoding.items()) + "."]
     if records:
         lines += ["", "| task | metric | n | score |", "|---|---|---:|---:|"]
         lines += [f"| {r.task} | {r.metric} | {r.n} | {_score(r)} |" for r in records]
     return "\n".join(lines) + "\n"
+
+
+def _decoding_defaults(folder: Path) -> dict:
+    path = folder / "generation_config.json"
+    defaults = json.loads(path.read_text()) if path.is_file() else {}
+    return {name: value for name, value in defaults.items() if name != "transformers_version"}
 
 
 def _score(record: Record) -> str:
