@@ -13,7 +13,9 @@ with AdversarialQA targets beside them, measured and not shipped (recipes/gritsm
 results/gritsmol-v2-rag-aqa), and stage 9 on top of stage 7: those streams on doc and query caching only, with
 short targets (recipes/gritsmol_v2_rag_short.yaml, results/gritsmol-v2-rag-short), and stage 10 on top of stage 7:
 the four layouts at GPU scale in three arms (recipes/gritsmol_v2_rag_gpu.yaml, recipes/device/README.md,
-results/gritsmol-v2-rag-gpu), whose gold + distill arm ships. The earlier
+results/gritsmol-v2-rag-gpu), whose gold + distill arm ships; the last tables set stage 10's greedy answers
+beside those with its decoding default, frequency_penalty 0.5 (results/gritsmol-v2-rag-gpu/freq0.5-*.json,
+default-generative-100.json). The earlier
 CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
 """
 
@@ -167,9 +169,11 @@ STAGE10 = {"tydiqa": ("gritsmol-v2-rag-gpu/gold-distill-rag-440-docs.json", "gri
                       "gritsmol-v2-rag-gpu/gold-distill-rag-440-more.json"),
            "squad": ("gritsmol-v2-rag-gpu/gold-distill-rag-squad-docs.json",
                      "gritsmol-v2-rag-gpu/gold-distill-rag-squad-query.json")}
-STAGE10_PENALISED = {"tydiqa": ("gritsmol-v2-rag-gpu/freq0.5-rag-440-docs.json", "gritsmol-v2-rag-gpu/freq0.5-rag-440-query.json"),
+STAGE10_PENALISED = {"tydiqa": ("gritsmol-v2-rag-gpu/freq0.5-rag-440-docs.json", "gritsmol-v2-rag-gpu/freq0.5-rag-440-query.json",
+                                "gritsmol-v2-rag-gpu/freq0.5-rag-440-norag.json"),
                      "squad": ("gritsmol-v2-rag-gpu/freq0.5-rag-squad-docs.json",
-                               "gritsmol-v2-rag-gpu/freq0.5-rag-squad-query.json")}
+                               "gritsmol-v2-rag-gpu/freq0.5-rag-squad-query.json",
+                               "gritsmol-v2-rag-gpu/freq0.5-rag-squad-more.json")}
 NQ_OPEN = {"greedy": "gritsmol-v2-rag-gpu/gold-distill-generative-100.json",
            "frequency_penalty 0.5": "gritsmol-v2-rag-gpu/default-generative-100.json"}
 
@@ -180,7 +184,7 @@ def decoding_table() -> None:
         greedy, penalised = _modes(STAGE10[corpus], corpus), _modes(STAGE10_PENALISED[corpus], corpus)
         if not penalised:
             continue
-        print(f"\n| {title}, stage 10 | n | greedy: match | degenerate | frequency_penalty 0.5: match | degenerate |"
+        print(f"\n| stage 10, {title} | n | greedy: match | degenerate | frequency_penalty 0.5: match | degenerate |"
               "\n|---|---:|---:|---:|---:|---:|")
         for mode, label in FULL_RAG_MODES:
             if mode in penalised:
@@ -188,7 +192,7 @@ def decoding_table() -> None:
                          for rows in (greedy, penalised) for key in ("match", "degenerate")]
                 print(f"| {label} | {penalised[mode]['n']} | " + " | ".join(cells) + " |")
     nq = [records(path).get("nq_open") for path in NQ_OPEN.values()]
-    print("\n| NQ-open closed book (100), stage 10 | " + " | ".join(NQ_OPEN) + " |\n|---|---:|---:|")
+    print("\n| stage 10, NQ-open closed book (100) | " + " | ".join(NQ_OPEN) + " |\n|---|---:|---:|")
     print("| match | " + " | ".join(cell(value) for value in nq) + " |")
 
 
