@@ -169,8 +169,7 @@ STAGE10 = {"tydiqa": ("gritsmol-v2-rag-gpu/gold-distill-rag-440-docs.json", "gri
                       "gritsmol-v2-rag-gpu/gold-distill-rag-440-more.json"),
            "squad": ("gritsmol-v2-rag-gpu/gold-distill-rag-squad-docs.json",
                      "gritsmol-v2-rag-gpu/gold-distill-rag-squad-query.json")}
-STAGE10_PENALISED = {"tydiqa": ("gritsmol-v2-rag-gpu/freq0.5-rag-440-docs.json", "gritsmol-v2-rag-gpu/freq0.5-rag-440-query.json",
-                                "gritsmol-v2-rag-gpu/freq0.5-rag-440-norag.json"),
+STAGE10_PENALISED = {"tydiqa": ("gritsmol-v2-rag-gpu/freq0.5-rag-440-docs.json", "gritsmol-v2-rag-gpu/freq0.5-rag-440-query.json"),
                      "squad": ("gritsmol-v2-rag-gpu/freq0.5-rag-squad-docs.json",
                                "gritsmol-v2-rag-gpu/freq0.5-rag-squad-query.json",
                                "gritsmol-v2-rag-gpu/freq0.5-rag-squad-more.json")}
