@@ -51,12 +51,17 @@ def test_chat_one_shot_and_interactive():
     assert interactive.returncode == 0 and "Paris" in interactive.stdout and ">>>" in interactive.stdout
 
 
-def test_chat_takes_penalties_and_refuses_bad_ones(default_model):
-    prompt = "Count from 1 to 10, digits and commas only."
-    penalised = gritkit("chat", prompt, "--max-new-tokens", "24", "--frequency-penalty", "2")
-    assert penalised.returncode == 0, penalised.stderr
-    expected = default_model.generate([{"role": "user", "content": prompt}], max_new_tokens=24, frequency_penalty=2.0)
-    assert penalised.stdout.strip() == expected.strip()
+def test_chat_decodes_with_the_models_default_penalty_unless_told(default_model):
+    prompt = "List ten fruits, one per line."  # greedy repeats fruits from the fourth line on
+    messages = [{"role": "user", "content": prompt}]
+    by_default = default_model.generate(messages, max_new_tokens=32)  # frequency_penalty 0.5, the shipped default
+    assert by_default != default_model.generate(messages, max_new_tokens=32, frequency_penalty=0.0)
+    plain = gritkit("chat", prompt, "--max-new-tokens", "32")
+    assert plain.returncode == 0 and plain.stdout.strip() == by_default.strip(), plain.stderr
+    penalised = gritkit("chat", prompt, "--max-new-tokens", "32", "--frequency-penalty", "2")
+    expected = default_model.generate(messages, max_new_tokens=32, frequency_penalty=2.0)
+    assert expected != by_default
+    assert penalised.returncode == 0 and penalised.stdout.strip() == expected.strip(), penalised.stderr
     bad = gritkit("chat", prompt, "--repetition-penalty", "0")
     assert bad.returncode == 2 and "repetition_penalty must be > 0" in bad.stderr and "Traceback" not in bad.stderr
 

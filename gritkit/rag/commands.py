@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from gritkit.commands import (BackendOption, FrequencyPenaltyOption, GgufDtypeOption, RepetitionPenaltyOption,
-                              backend_options, fail, load_model)
+                              backend_options, fail, given_penalties, load_model)
 
 index_app = typer.Typer(no_args_is_help=True, help="A persistent GRIT index: add, search, delete, stats, rebuild.")
 
@@ -226,8 +226,8 @@ def ask(
              "causal first for --cache doc)")] = None,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
-    frequency_penalty: FrequencyPenaltyOption = 0.0,
-    repetition_penalty: RepetitionPenaltyOption = 1.0,
+    frequency_penalty: FrequencyPenaltyOption = None,
+    repetition_penalty: RepetitionPenaltyOption = None,
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer, passages and timings as JSON")] = False,
     generation_backend: BackendOption = "torch",
@@ -236,12 +236,12 @@ def ask(
     """Answer a question from an index with GRIT key/value caching."""
     from gritkit.rag import RAG
 
+    penalties = given_penalties(frequency_penalty, repetition_penalty)
     with _open(index, model, need_model=True, model_options=backend_options(generation_backend, gguf_dtype)) as opened:
         try:
             answer = RAG(opened.model, opened).answer(question, cache=cache, k=k, order=order, doc_cache=doc_cache,
                                                       max_new_tokens=max_new_tokens, temperature=temperature,
-                                                      frequency_penalty=frequency_penalty,
-                                                      repetition_penalty=repetition_penalty)
+                                                      **penalties)
         except ValueError as error:
             raise fail(str(error)) from error
     if as_json:
