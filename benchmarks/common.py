@@ -50,8 +50,9 @@ def cpu_model() -> str:
 def machine() -> dict:
     """Provenance of a result: commit (and whether the tree was clean), command, CPU, threads, date.
 
-    Records already written under benchmarks/results do not make the tree dirty, so a run of several
-    benchmarks one after another (benchmarks/refresh.sh) stays clean.
+    Records already written under benchmarks/results or results/ do not make the tree dirty, so a run of
+    several benchmarks one after another (benchmarks/refresh.sh), or one that rewrites its own record as it
+    goes (benchmarks/rag_quality.py), stays clean.
     """
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
@@ -59,7 +60,7 @@ def machine() -> dict:
     return {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD"),
             "clean": not git("status", "--porcelain", "--untracked-files=no", "--", ":/",
-                               ":(top,exclude)benchmarks/results"),
+                               ":(top,exclude)benchmarks/results", ":(top,exclude)results"),
             "command": shlex.join([Path(sys.executable).name, *sys.argv]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
