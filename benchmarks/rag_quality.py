@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> dict:
         entry = {"questions": len(corpus.questions), "corpus_passages": len(corpus.passages),
                  "retrieval": rag_qa.retrieval_scores([retrieval[i] for i in sorted(ids)]), "modes": {}}
         rag = RAG(model, index, answer_prefix=args.answer_prefix)
-        penalties, setting = decoding_penalties(args)
+        penalties, setting = decoding_penalties(args, model)
         answered = {}
         for mode_name in args.modes:
             mode = rag_qa.MODES_BY_NAME[mode_name]
@@ -68,11 +68,14 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
-def decoding_penalties(args: argparse.Namespace) -> tuple[dict[str, float], str]:
-    """The penalties that differ from neutral, and the suffix that keeps their answers apart from greedy ones."""
+def decoding_penalties(args: argparse.Namespace, model: GritLM) -> tuple[dict[str, float], str]:
+    """The penalties answers are made with (the flags over the model's defaults), and a file-name suffix
+    naming those that are not neutral, so that answers made with other penalties are never resumed."""
     neutral = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0}
-    penalties = {name: getattr(args, name) for name, value in neutral.items() if getattr(args, name) != value}
-    return penalties, "".join(f"-{name.split('_')[0]}{value:g}" for name, value in penalties.items())
+    given = {name: getattr(args, name) for name in neutral if getattr(args, name) is not None}
+    penalties = {**neutral, **model.default_penalties, **given}
+    suffix = "".join(f"-{name.split('_')[0]}{value:g}" for name, value in penalties.items() if value != neutral[name])
+    return penalties, suffix
 
 
 def markdown(results: dict) -> str:
@@ -107,9 +110,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="a seeded subset of each corpus's questions")
     parser.add_argument("--squad-sample", type=int, default=300, help="SQuAD dev questions in the fixed sample")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--frequency-penalty", type=float, default=0.0, help="see gritkit.model.Sampler")
-    parser.add_argument("--presence-penalty", type=float, default=0.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--frequency-penalty", type=float, default=None,
+                        help="default: the model's (see GritLM.default_penalties and gritkit.model.Sampler)")
+    parser.add_argument("--presence-penalty", type=float, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=None)
     parser.add_argument("--answer-prefix", default="", help="text the assistant's reply starts with")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--work-dir", type=Path, default=Path("results/tmp/rag_quality"),
