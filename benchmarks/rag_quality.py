@@ -27,6 +27,7 @@ from common import write_results  # noqa: E402
 from gritkit import GritLM  # noqa: E402
 from gritkit.eval.data import subset  # noqa: E402
 from gritkit.eval.tasks import rag_qa  # noqa: E402
+from gritkit.model import NEUTRAL_PENALTIES  # noqa: E402
 from gritkit.rag import RAG  # noqa: E402
 
 
@@ -71,10 +72,10 @@ def run(args: argparse.Namespace) -> dict:
 def decoding_penalties(args: argparse.Namespace, model: GritLM) -> tuple[dict[str, float], str]:
     """The penalties answers are made with (the flags over the model's defaults), and a file-name suffix
     naming those that are not neutral, so that answers made with other penalties are never resumed."""
-    neutral = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0}
-    given = {name: getattr(args, name) for name in neutral if getattr(args, name) is not None}
-    penalties = {**neutral, **model.default_penalties, **given}
-    suffix = "".join(f"-{name.split('_')[0]}{value:g}" for name, value in penalties.items() if value != neutral[name])
+    given = {name: getattr(args, name) for name in NEUTRAL_PENALTIES if getattr(args, name) is not None}
+    penalties = {**NEUTRAL_PENALTIES, **model.default_penalties, **given}
+    suffix = "".join(f"-{name.split('_')[0]}{value:g}" for name, value in penalties.items()
+                     if value != NEUTRAL_PENALTIES[name])
     return penalties, suffix
 
 

@@ -208,17 +208,24 @@ def _load_adapter_dir(path: Path, dtype: torch.dtype, device: str, merge: bool) 
     if (path / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)
     model = PeftModel.from_pretrained(model, path).to(device)
-    _apply_generation_config(model, path / GENERATION_CONFIG)
+    _apply_generation_config(model, path)
     # merged: plain linear layers again, as fast as the base; unmerged: the adapter can be trained on
     return (model.merge_and_unload() if merge else model), tokenizer
 
 
-def _apply_generation_config(model: PreTrainedModel, path: Path) -> None:
-    """Set the decoding defaults an adapter ships (its ``generation_config.json``) on the model it applies to."""
-    if path.is_file():
-        for key, value in json.loads(path.read_text()).items():
-            if key != "transformers_version":
-                setattr(model.generation_config, key, value)
+def generation_defaults(folder: Path) -> dict:
+    """The decoding defaults in ``folder``'s ``generation_config.json`` (empty without one)."""
+    path = folder / GENERATION_CONFIG
+    defaults = json.loads(path.read_text()) if path.is_file() else {}
+    return {key: value for key, value in defaults.items() if key != "transformers_version"}
+
+
+def _apply_generation_config(model: PreTrainedModel, adapter_dir: Path) -> None:
+    """Set the decoding defaults an adapter ships on the model it applies to."""
+    defaults = generation_defaults(adapter_dir)
+    if defaults:
+        for key, value in defaults.items():
+            setattr(model.generation_config, key, value)
         # Else transformers rebuilds the config from the model's when the merged model is loaded again.
         model.generation_config._from_model_config = False
 

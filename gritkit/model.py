@@ -397,8 +397,7 @@ class GritLM:
         """The decoding penalties the model's generation config sets (``generation_config.json`` of the
         model or adapter folder, as in transformers and vLLM); a call that gives one overrides it."""
         config = getattr(self.model, "generation_config", None)
-        return {name: float(value) for name in ("frequency_penalty", "presence_penalty", "repetition_penalty")
-                if (value := getattr(config, name, None)) is not None}
+        return {name: float(value) for name in NEUTRAL_PENALTIES if (value := getattr(config, name, None)) is not None}
 
     @torch.inference_mode()
     def generate_ids(
@@ -615,6 +614,9 @@ def _quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
     with warnings.catch_warnings():  # torch.ao's eager API is deprecated in favour of torchao, yet works in 2.13
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+NEUTRAL_PENALTIES = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0}
 
 
 class Sampler:

@@ -19,7 +19,7 @@ from gritkit import loading
 from gritkit.results import Record, load_records, save_records
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-COPIED_FILES = ("adapter_config.json", "training_config.yaml", "metrics.jsonl", "generation_config.json")
+COPIED_FILES = ("adapter_config.json", "training_config.yaml", "metrics.jsonl", loading.GENERATION_CONFIG)
 
 
 def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Sequence[str | Path] = (),
@@ -48,7 +48,7 @@ def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Seq
         (staging / "training_stages.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     (staging / "README.md").write_text(model_card(title, json.loads((run_dir / "adapter_config.json").read_text()),
                                                   sum(t.numel() for t in weights.values()), records, len(stages),
-                                                  _decoding_defaults(staging)))
+                                                  loading.generation_defaults(staging)))
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return destination
@@ -90,12 +90,6 @@ def model_card(title: str, adapter_config: dict, parameters: int, records: list[
         lines += ["", "| task | metric | n | score |", "|---|---|---:|---:|"]
         lines += [f"| {r.task} | {r.metric} | {r.n} | {_score(r)} |" for r in records]
     return "\n".join(lines) + "\n"
-
-
-def _decoding_defaults(folder: Path) -> dict:
-    path = folder / "generation_config.json"
-    defaults = json.loads(path.read_text()) if path.is_file() else {}
-    return {name: value for name, value in defaults.items() if name != "transformers_version"}
 
 
 def _score(record: Record) -> str:
