@@ -8,6 +8,7 @@
 #   (stage 10, the shipped default's last stage, trains on a lent GPU: recipes/device/README.md)
 #   STEPS=stage9 recipes/gritsmol_v2.sh  # stage 9 (measured, not shipped) on top of the adapter shipped when it ran,
 #                                        # stage 7; `model: default` is stage 10 now (see its recipe's header)
+#   STEPS=stage11 recipes/gritsmol_v2.sh # stage 11 on top of the shipped stage 10 (an embedding-heavy stage; README)
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +95,14 @@ if [[ $steps == *stage9* ]]; then
   [ -f data/gritsmol-v6-selfchat/generative/rag_chat.jsonl ] || gritkit data rag-chat data/gritsmol-v6-self/rag/*.jsonl \
     --correct-only --output data/gritsmol-v6-selfchat/generative/rag_chat.jsonl
   [ -f runs/gritsmol-v2-rag-short/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_short.yaml --resume           # 9
+fi
+
+# Stage 11 (recipes/gritsmol_v2_sts_anchor.yaml): embedding-heavy, anchored by the RAG stream, on top of the
+# shipped stage 10 and its stage-9 data: STEPS=stage11 recipes/gritsmol_v2.sh (~1 h)
+if [[ $steps == *stage11* ]]; then
+  build_stage_mixes
+  [ -f data/gritsmol-v6-self/rag/tydiqa.jsonl ] || { echo "stage 9's self-targets first: STEPS=stage9" >&2; exit 1; }
+  [ -f runs/gritsmol-v2-sts-anchor/adapter_config.json ] || gritkit train recipes/gritsmol_v2_sts_anchor.yaml --resume       # 11
 fi
 
 evaluate() {  # name model suite tasks limit
