@@ -79,7 +79,7 @@ if [[ $steps == *stages* ]]; then
 fi
 
 # Stage 9 (recipes/gritsmol_v2_rag_short.yaml): stage 8's streams on doc and query caching, self-targets of at most
-# 16 words, on top of the shipped adapter, so it needs none of the earlier runs: STEPS=stage9 recipes/gritsmol_v2.sh (~1 h)
+# 16 words, on top of the shipped adapter, so it needs none of the earlier runs: STEPS=stage9 recipes/gritsmol_v2.sh (~40 min)
 if [[ $steps == *stage9* ]]; then
   build_stage_mixes
   [ -f data/gritsmol-v5-src/mix.json ] || gritkit data build data/gritsmol-v5-src --source rag-adversarialqa
@@ -98,7 +98,7 @@ if [[ $steps == *stage9* ]]; then
 fi
 
 # Stage 11 (recipes/gritsmol_v2_sts_anchor.yaml): embedding-heavy, anchored by the RAG stream, on top of the
-# shipped stage 10 and its stage-9 data: STEPS=stage11 recipes/gritsmol_v2.sh (~1 h)
+# shipped stage 10 and its stage-9 data: STEPS=stage11 recipes/gritsmol_v2.sh (~40 min)
 if [[ $steps == *stage11* ]]; then
   build_stage_mixes
   [ -f data/gritsmol-v6-self/rag/tydiqa.jsonl ] || { echo "stage 9's self-targets first: STEPS=stage9" >&2; exit 1; }
