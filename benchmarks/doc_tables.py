@@ -156,15 +156,19 @@ def generate_speed_llamacpp(record: dict) -> str:
         change = row["perplexity vs fp32"]
         return f"{row['perplexity']:.3f}" + (f" ({100 * change:+.2f}%)" if change else "")
 
+    def ratio(row: dict, key: str, spread: str) -> str:
+        low_high = row.get(spread)  # per-round lowest and highest, in records of alternating rounds
+        return f"{row[key]:.2f}x" + (f" ({low_high[0]:.2f}-{low_high[1]:.2f})" if low_high else "")
+
     def with_options(row: dict) -> list[str]:
         if same_options not in row:  # the torch rows, and records written before the column existed
             return ["", ""]
-        return [f"{row[same_options]:.1f}", f"{row[same_ratio]:.2f}x"]
+        return [f"{row[same_options]:.1f}", ratio(row, same_ratio, "ratio range with the backend's options")]
 
     return table(header, "rrlrrrrrrr",
                  ([row["threads"], row["prompt"].rsplit("(", 1)[1].rstrip(")"), row["system"],
                    f"{row['tokens/s']:.1f}", f"{row['plain llama-cpp-python tokens/s']:.1f}",
-                   f"{row['ratio to llama-cpp-python']:.2f}x", *with_options(row), perplexity(row), row["greedy = fp32"]]
+                   ratio(row, "ratio to llama-cpp-python", "ratio range"), *with_options(row), perplexity(row), row["greedy = fp32"]]
                   for row in record["rows"]))
 
 

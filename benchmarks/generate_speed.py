@@ -1,7 +1,7 @@
 """Generation speed on CPU: GritLM.generate vs transformers' generate vs llama.cpp on the same GGUF.
 
     python benchmarks/generate_speed.py --new-tokens 64 --repeats 3
-    python benchmarks/generate_speed.py --llamacpp-backend --new-tokens 128 --repeats 2
+    python benchmarks/generate_speed.py --llamacpp-backend --new-tokens 128 --repeats 7
 
 Every system decodes greedily from the same chat prompt for exactly ``--new-tokens`` tokens
 (EOS ignored), so tokens/s compare like for like. llama.cpp runs when ``llama-cpp-python``
@@ -10,7 +10,9 @@ is installed (``pip install llama-cpp-python``, builds from source in ~10 min).
 ``--llamacpp-backend`` compares gritkit's PyTorch fp32 path, gritkit with
 ``generation_backend="llamacpp"`` (f16 and q8_0 exports) and plain llama-cpp-python on the same
 exported file, after a short and a ~1,000-token prompt, at 1 and 2 threads; every run includes
-computing the prompt. Quality columns, per export: held-out perplexity (AlpacaEval reference
+computing the prompt. The backend and llama-cpp-python (kept loaded in processes of its own) run in
+alternating rounds (``--repeats`` rounds after a warm-up, the order rotating), so the machine's slow
+spells fall on both; a ratio is the median of the per-round ratios, with their lowest and highest. Quality columns, per export: held-out perplexity (AlpacaEval reference
 answers, llama.cpp's logits vs PyTorch fp32's) and how many greedy replies to AlpacaEval prompts
 equal fp32's.
 """
@@ -22,8 +24,11 @@ import copy
 import importlib.util
 import json
 import math
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -53,36 +58,75 @@ def transformers_decode(model: GritLM, ids: list[int], new_tokens: int) -> int:
 
 
 LLAMA_CPP = """
-import json, statistics, sys, time
+import json, sys, time
 from llama_cpp import Llama
-ids, new_tokens, threads, repeats, path, n_ctx, with_prefill, options = json.loads(sys.argv[1])
+path, n_ctx, threads, options = json.loads(sys.argv[1])
 llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False, **options)
-def run():
+print("ready", flush=True)
+for line in sys.stdin:
+    ids, new_tokens, with_prefill = json.loads(line)
+    start = time.perf_counter()
     if with_prefill:
         llm.reset()  # else generate() reuses the prompt's states from the last run
     for count, _ in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True), start=1):
         if count == new_tokens:
-            return
-times = []
-for attempt in range(repeats + 1):
-    start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
-times = times[1:]
-print(json.dumps([statistics.mean(times), statistics.stdev(times) if len(times) > 1 else 0.0]))
+            break
+    print(time.perf_counter() - start, flush=True)
 """
 
 
-def llama_cpp_seconds(ids: list[int], new_tokens: int, threads: int, repeats: int,
-                      gguf_path: str | None = None, *, n_ctx: int = 2048,
-                      with_prefill: bool = False, options: dict | None = None) -> tuple[float, float] | None:
-    """Mean/std seconds of plain llama-cpp-python on ``gguf_path`` (default: the package's GGUF), in its
-    own process: two OpenMP runtimes in one process slow both. ``with_prefill``: every repeat computes
-    the prompt too (else only the first does); ``options``: more ``Llama(...)`` arguments (default: none)."""
+class LlamaCppTimer:
+    """Plain llama-cpp-python on one GGUF file, in its own process (two OpenMP runtimes in one process
+    slow both), timed one run at a time so its runs can alternate with gritkit's."""
+
+    def __init__(self, path: str, *, threads: int, n_ctx: int = 2048, options: dict | None = None):
+        job = json.dumps([path, n_ctx, threads, options or {}])
+        self.process = subprocess.Popen([sys.executable, "-c", LLAMA_CPP, job], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"llama-cpp-python did not load {path}")
+
+    def seconds(self, ids: list[int], new_tokens: int, with_prefill: bool = True) -> float:
+        """Wall seconds of one greedy run of ``new_tokens`` tokens after ``ids``; ``with_prefill``: the
+        prompt is computed again (else it is reused from the last run)."""
+        self.process.stdin.write(json.dumps([ids, new_tokens, with_prefill]) + "\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def llama_cpp_seconds(ids: list[int], new_tokens: int, threads: int, repeats: int) -> tuple[float, float] | None:
+    """Mean/std seconds of plain llama-cpp-python on the package's GGUF (after a warm-up), or None without it."""
     if importlib.util.find_spec("llama_cpp") is None:
         return None
-    job = json.dumps([ids, new_tokens, threads, repeats, str(gguf_path or default_gguf_path()), n_ctx, with_prefill,
-                      options or {}])
-    result = subprocess.run([sys.executable, "-c", LLAMA_CPP, job], capture_output=True, text=True, check=True)
-    return tuple(json.loads(result.stdout.strip().splitlines()[-1]))
+    timer = LlamaCppTimer(str(default_gguf_path()), threads=threads)
+    try:
+        seconds = [timer.seconds(ids, new_tokens, with_prefill=False) for _ in range(repeats + 1)][1:]
+    finally:
+        timer.close()
+    return statistics.mean(seconds), statistics.stdev(seconds) if len(seconds) > 1 else 0.0
+
+
+def interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each run over ``rounds`` rounds (after one warm-up each). Every round runs each system
+    once, in an order that rotates from round to round, so a slow spell of a shared machine falls on all
+    of them rather than on whichever was measured then."""
+    for run in runs.values():
+        run()
+    names, seconds = list(runs), {name: [] for name in runs}
+    for round_ in range(rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            seconds[name].append(runs[name]())
+    return seconds
+
+
+def paired_ratio(baseline: list[float], ours: list[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest of the per-round speed ratios (baseline seconds / our seconds)."""
+    ratios = [b / o for b, o in zip(baseline, ours)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def long_prompt(model: GritLM, tokens: int = 1000) -> list[int]:
@@ -133,38 +177,49 @@ def compare_llamacpp_backend(args: argparse.Namespace) -> None:
     rows = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        backends = {}
+        backends, timers = {}, {}
         for dtype, path in files.items():
             backends[dtype] = copy.copy(model)
             backends[dtype].llamacpp = LlamaCppDecoder(path, context_length=model.max_length, threads=threads)
+            # plain: the library's defaults; options: the backend's, so the ratio that is left is the backend's own
+            timers[dtype] = {"plain": LlamaCppTimer(str(path), threads=threads, n_ctx=model.max_length),
+                             "options": LlamaCppTimer(str(path), threads=threads, n_ctx=model.max_length,
+                                                      options=LLAMA_OPTIONS)}
 
-        def backend_run(decoder: LlamaCppDecoder, ids: list[int]) -> None:
-            decoder.clear()  # compute the prompt every time, as plain llama-cpp-python does below
+        def backend_seconds(decoder: LlamaCppDecoder, ids: list[int]) -> float:
+            start = time.perf_counter()
+            decoder.clear()  # compute the prompt every time, as plain llama-cpp-python does
             for _ in decoder.generate_ids(ids, max_new_tokens=args.new_tokens, stop_ids=set(),
                                           next_token=lambda logits: int(logits.argmax())):
                 pass
+            return time.perf_counter() - start
 
         for prompt_name, ids in prompts.items():
             torch_seconds = best_of(lambda: gritkit_decode(model, ids, args.new_tokens), args.repeats)[0]
             plain_f16 = None
-            for dtype, path in files.items():
-                seconds = best_of(lambda: backend_run(backends[dtype].llamacpp, ids), args.repeats)[0]
-                plain = llama_cpp_seconds(ids, args.new_tokens, threads, args.repeats, str(path),
-                                          n_ctx=model.max_length, with_prefill=True)[0]
-                # the same file with the backend's options, so the ratio that is left is the backend's own
-                same_options = llama_cpp_seconds(ids, args.new_tokens, threads, args.repeats, str(path),
-                                                 n_ctx=model.max_length, with_prefill=True, options=LLAMA_OPTIONS)[0]
+            for dtype in files:
+                seconds = interleaved({
+                    "backend": lambda: backend_seconds(backends[dtype].llamacpp, ids),
+                    **{name: (lambda timer=timer: timer.seconds(ids, args.new_tokens)) for name, timer in timers[dtype].items()},
+                }, args.repeats)
+                plain, options, ours = (statistics.median(seconds[name]) for name in ("plain", "options", "backend"))
                 plain_f16 = plain_f16 or plain
+                ratio, options_ratio = paired_ratio(seconds["plain"], seconds["backend"]), paired_ratio(seconds["options"], seconds["backend"])
                 rows.append({"threads": threads, "prompt": f"{prompt_name} ({len(ids)})",
-                             "system": f"gritkit llamacpp backend, {dtype}", "tokens/s": args.new_tokens / seconds,
+                             "system": f"gritkit llamacpp backend, {dtype}", "tokens/s": args.new_tokens / ours,
                              "plain llama-cpp-python tokens/s": args.new_tokens / plain,
-                             "ratio to llama-cpp-python": plain / seconds,
-                             "llama-cpp-python with the backend's options tokens/s": args.new_tokens / same_options,
-                             "ratio to llama-cpp-python with the backend's options": same_options / seconds})
+                             "ratio to llama-cpp-python": ratio[0], "ratio range": ratio[1:],
+                             "llama-cpp-python with the backend's options tokens/s": args.new_tokens / options,
+                             "ratio to llama-cpp-python with the backend's options": options_ratio[0],
+                             "ratio range with the backend's options": options_ratio[1:],
+                             "seconds per round": seconds})
             rows.append({"threads": threads, "prompt": f"{prompt_name} ({len(ids)})", "system": "gritkit torch fp32",
                          "tokens/s": args.new_tokens / torch_seconds,
                          "plain llama-cpp-python tokens/s": args.new_tokens / plain_f16,
                          "ratio to llama-cpp-python": plain_f16 / torch_seconds})
+        for pair in timers.values():
+            for timer in pair.values():
+                timer.close()
         if threads == 1:
             for dtype in files:
                 same = sum(list(backends[dtype].generate_ids(ids, max_new_tokens=args.reply_tokens)) == expected
