@@ -387,6 +387,20 @@ def test_export_adapter_ships_a_half_precision_copy_that_loads_alike(uninterrupt
     assert "`frequency_penalty` 0.5" in (exported / "README.md").read_text()
 
 
+def test_a_continued_run_keeps_its_start_models_decoding_defaults(tiny_dir, data, uninterrupted, tmp_path):
+    first, _ = uninterrupted
+    start = Path(shutil.copytree(first.output_dir, tmp_path / "start"))
+    (start / "generation_config.json").write_text('{"frequency_penalty": 0.5}')
+    config = tiny_config(tiny_dir, data, tmp_path / "continued", model=str(start), mode="generative",
+                         embedding_data=[], max_steps=1, checkpoint_every=0)
+    train(config)
+    assert GritLM.from_pretrained(config.output_dir).default_penalties["frequency_penalty"] == 0.5
+    plain = tiny_config(tiny_dir, data, tmp_path / "plain", model=first.output_dir, mode="generative",
+                        embedding_data=[], max_steps=1, checkpoint_every=0)
+    train(plain)  # no defaults to carry: no file
+    assert not (Path(plain.output_dir) / "generation_config.json").exists()
+
+
 def test_export_adapter_records_every_stage_of_a_continued_run(tiny_dir, data, uninterrupted, tmp_path):
     from gritkit.training.export import export_adapter
 

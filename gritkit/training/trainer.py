@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gritkit import loading
-from gritkit.model import EmbeddingBatch, GritLM
+from gritkit.model import NEUTRAL_PENALTIES, EmbeddingBatch, GritLM
 from gritkit.specs import load_model
 from gritkit.training.config import CONFIG_FILENAME, TrainingConfig
 from gritkit.training import rag_stream
@@ -339,8 +339,9 @@ def save_output(accelerator, model, grit: GritLM, config: TrainingConfig, base_s
         values = json.loads(adapter_config.read_text())
         values["base_model_name_or_path"] = base_spec
         adapter_config.write_text(json.dumps(values, indent=2))
-        if config.merge_lora:
-            _merge_saved_adapter(staging, next(iter(state_dict.values())).dtype)
+    _save_decoding_defaults(grit, staging)
+    if adapter_config.is_file() and config.merge_lora:
+        _merge_saved_adapter(staging, next(iter(state_dict.values())).dtype)
     grit.tokenizer.save_pretrained(staging)
     config.to_yaml(staging / CONFIG_FILENAME)
     markers = ("adapter_config.json", "config.json")
@@ -350,6 +351,14 @@ def save_output(accelerator, model, grit: GritLM, config: TrainingConfig, base_s
             shutil.rmtree(target)
         os.replace(path, target)
     staging.rmdir()
+
+
+def _save_decoding_defaults(grit: GritLM, folder: Path) -> None:
+    """Carry the start model's decoding defaults (e.g. an adapter's ``frequency_penalty``) to the trained
+    weights, as ``save_pretrained`` keeps a full model's generation config (an adapter has none)."""
+    defaults = {name: value for name, value in grit.default_penalties.items() if value != NEUTRAL_PENALTIES[name]}
+    if defaults and not (folder / loading.GENERATION_CONFIG).is_file():
+        (folder / loading.GENERATION_CONFIG).write_text(json.dumps(defaults, indent=2) + "\n")
 
 
 def _merge_saved_adapter(folder: Path, dtype: torch.dtype) -> None:
