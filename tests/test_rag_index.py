@@ -99,6 +99,22 @@ def test_faiss_file_is_rebuilt_from_sqlite(default_model, tmp_path):
     assert [p.id for p in reopened.search("capital of Germany", k=3)] == expected
 
 
+def test_two_writers_on_one_index_stay_consistent(default_model, tmp_path):
+    # Two processes indexing into one folder (two connections here): each sees the other's commits.
+    first, second = Index.open(tmp_path / "idx", default_model), Index.open(tmp_path / "idx", default_model)
+    first.add(DOCS)
+    assert second.search("capital of Japan", k=1)[0].doc_id == "tokyo"
+    second.add(DOCS)  # replaces every chunk the first wrote
+    second.delete(["berlin"])
+    hits = first.search("capital of Germany", k=3)
+    assert [hit.doc_id for hit in hits] and "berlin" not in {hit.doc_id for hit in hits}
+    first.add([{"id": "rome", "text": "Rome is the capital of Italy."}])
+    assert second.search("capital of Italy", k=1)[0].doc_id == "rome"
+    first.close(), second.close()
+    with Index.open(tmp_path / "idx", default_model) as reopened:
+        assert sorted(reopened.document_ids()) == ["paris", "rome", "tokyo"] and len(reopened.search("city", k=5)) == 3
+
+
 def test_cached_kv_is_fp16_and_dropped_with_its_document(default_model, tmp_path):
     index = Index.open(tmp_path / "index", default_model)
     index.add(DOCS, cache_kv=True)

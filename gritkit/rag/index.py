@@ -297,6 +297,7 @@ class Index:
         self.query_instruction = query_instruction
         self._vectors_stale = False  # an HNSW graph cannot drop entries: rebuilt after removals
         self._trained_on = 0  # int8: how many vectors the quantizer's ranges were fitted on
+        self._seen_version = self._data_version()
         self.vectors: VectorIndex = self._load_vectors()
 
     @classmethod
@@ -434,6 +435,19 @@ class Index:
 
     # ------------------------------------------------------------ faiss, derived from SQLite
 
+    def _data_version(self) -> int:
+        """SQLite's count of commits made to the file by other connections (other processes included)."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _sync(self) -> None:
+        """Reload the vectors when another connection has written to the index since this one read it:
+        searching with the old ones would return chunks it has replaced or deleted."""
+        version = self._data_version()
+        if version != self._seen_version:
+            self._seen_version = version
+            self._vectors_stale = False
+            self.vectors = self._load_vectors()  # rebuilt from SQLite if the other writer's file lags behind
+
     def _faiss_path(self) -> Path:
         return self.path / "vectors.faiss"
 
@@ -480,7 +494,7 @@ class Index:
         return self.precision == "int8" and self.vectors.ntotal + adding > 2 * self._trained_on
 
     def _save_vectors(self) -> None:
-        temporary = self._faiss_path().with_suffix(".faiss.tmp")
+        temporary = self._faiss_path().with_suffix(f".faiss.{os.getpid()}.{id(self)}.tmp")  # one per writer
         write = faiss.write_index_binary if self.precision == "binary" else faiss.write_index
         write(self.vectors, str(temporary))
         with open(temporary, "rb") as file:
@@ -539,6 +553,7 @@ class Index:
         transaction, replacing any with the same ids; returns the number of chunks written."""
         if self.dim is not None and len(embedded.chunks) and embedded.vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have {embedded.vectors.shape[1]} dimensions, the index {self.dim}")
+        self._sync()
         with self._transaction():
             old_ids = self._delete_chunks([doc_id for doc_id, _ in embedded.documents])
             if embedded.kinds:
@@ -599,6 +614,7 @@ class Index:
         doc_ids = [str(doc_id) for doc_id in doc_ids]
         if not doc_ids:
             return 0
+        self._sync()
         with self._transaction():
             old_ids = self._delete_chunks(doc_ids)
             marks = ",".join("?" * len(doc_ids))
@@ -629,6 +645,7 @@ class Index:
         if isinstance(query, str):
             query = self._require_model().encode(query, instruction=self.query_instruction)
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        self._sync()
         if self.vectors.ntotal == 0:
             return []
         if query.shape[1] != self.dim:
