@@ -1,7 +1,7 @@
 """Generation speed on CPU: GritLM.generate vs transformers' generate vs llama.cpp on the same GGUF.
 
     python benchmarks/generate_speed.py --new-tokens 64 --repeats 3
-    python benchmarks/generate_speed.py --llamacpp-backend --new-tokens 128 --repeats 7
+    python benchmarks/generate_speed.py --llamacpp-backend --new-tokens 128 --repeats 5
 
 Every system decodes greedily from the same chat prompt for exactly ``--new-tokens`` tokens
 (EOS ignored), so tokens/s compare like for like. llama.cpp runs when ``llama-cpp-python``

@@ -32,7 +32,7 @@ steps=(
     "cli_startup|$python benchmarks/cli_startup.py"
     "embed_throughput|OMP_NUM_THREADS=1 $python benchmarks/embed_throughput.py --texts 128 --repeats 2"
     "generate_speed|OMP_NUM_THREADS=1 $python benchmarks/generate_speed.py --new-tokens 64 --repeats 3"
-    "generate_speed_llamacpp|$python benchmarks/generate_speed.py --llamacpp-backend --new-tokens 128 --repeats 7"
+    "generate_speed_llamacpp|$python benchmarks/generate_speed.py --llamacpp-backend --new-tokens 128 --repeats 5"
     "gradcache_memory_cpu|$python benchmarks/gradcache_memory.py --sizes 4,8,16,32 --chunk-size 4 --passage-words 24 --output $out/gradcache_memory_cpu.json"
     "gguf_speed|OMP_NUM_THREADS=1 $python benchmarks/gguf_speed.py --new-tokens 64 --repeats 2 --dtypes q8_0 --texts 4"
     "compact_embeddings|OMP_NUM_THREADS=1 $python benchmarks/compact_embeddings.py --tasks stsb,msmarco --sts-limit 300 --msmarco-limit 5 --max-length 128"
