@@ -12,9 +12,9 @@ is installed (``pip install llama-cpp-python``, builds from source in ~10 min).
 exported file, after a short and a ~1,000-token prompt, at 1 and 2 threads; every run includes
 computing the prompt. The backend and llama-cpp-python (kept loaded in processes of its own) run in
 alternating rounds (``--repeats`` rounds after a warm-up, the order rotating), so the machine's slow
-spells fall on both; a ratio is the median of the per-round ratios, with their lowest and highest. Quality columns, per export: held-out perplexity (AlpacaEval reference
-answers, llama.cpp's logits vs PyTorch fp32's) and how many greedy replies to AlpacaEval prompts
-equal fp32's.
+spells fall on both; a ratio is the median of the per-round ratios, with their lowest and highest.
+Quality columns, per export: held-out perplexity (AlpacaEval reference answers, llama.cpp's logits vs
+PyTorch fp32's) and how many greedy replies to AlpacaEval prompts equal fp32's.
 """
 
 from __future__ import annotations
@@ -198,13 +198,14 @@ def compare_llamacpp_backend(args: argparse.Namespace) -> None:
             torch_seconds = best_of(lambda: gritkit_decode(model, ids, args.new_tokens), args.repeats)[0]
             plain_f16 = None
             for dtype in files:
-                seconds = interleaved({
-                    "backend": lambda: backend_seconds(backends[dtype].llamacpp, ids),
-                    **{name: (lambda timer=timer: timer.seconds(ids, args.new_tokens)) for name, timer in timers[dtype].items()},
-                }, args.repeats)
+                seconds = interleaved({"backend": lambda: backend_seconds(backends[dtype].llamacpp, ids),
+                                       "plain": lambda: timers[dtype]["plain"].seconds(ids, args.new_tokens),
+                                       "options": lambda: timers[dtype]["options"].seconds(ids, args.new_tokens)},
+                                      args.repeats)
                 plain, options, ours = (statistics.median(seconds[name]) for name in ("plain", "options", "backend"))
                 plain_f16 = plain_f16 or plain
-                ratio, options_ratio = paired_ratio(seconds["plain"], seconds["backend"]), paired_ratio(seconds["options"], seconds["backend"])
+                ratio = paired_ratio(seconds["plain"], seconds["backend"])
+                options_ratio = paired_ratio(seconds["options"], seconds["backend"])
                 rows.append({"threads": threads, "prompt": f"{prompt_name} ({len(ids)})",
                              "system": f"gritkit llamacpp backend, {dtype}", "tokens/s": args.new_tokens / ours,
                              "plain llama-cpp-python tokens/s": args.new_tokens / plain,
