@@ -79,7 +79,7 @@ if [[ $steps == *stages* ]]; then
 fi
 
 # Stage 9 (recipes/gritsmol_v2_rag_short.yaml): stage 8's streams on doc and query caching, self-targets of at most
-# 16 words, on top of the shipped adapter, so it needs none of the earlier runs: STEPS=stage9 recipes/gritsmol_v2.sh (~40 min)
+# 16 words, on top of the shipped adapter, so it needs none of the earlier runs: STEPS=stage9 recipes/gritsmol_v2.sh (~1 h)
 if [[ $steps == *stage9* ]]; then
   build_stage_mixes
   [ -f data/gritsmol-v5-src/mix.json ] || gritkit data build data/gritsmol-v5-src --source rag-adversarialqa
