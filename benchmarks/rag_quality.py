@@ -3,7 +3,8 @@
 For each corpus: retrieval top-1/top-5, then per mode match (gold answer contained in the output,
 case-insensitive, as the GRIT paper), SQuAD EM/F1, degenerate-output rate and mean latency. The
 index is built once per model and corpus under ``--work-dir`` (keyed by the model spec and a hash
-of its weights) and every answer is saved there as it is made, so a killed run resumes.
+of its weights) and every answer is saved there as it is made, so a killed run resumes. Runs split
+over processes by ``--modes`` may start together: the first builds the index, the others wait for it.
 
     python benchmarks/rag_quality.py --limit 20 --threads 1                     # a quick check
     python benchmarks/rag_quality.py --threads 1 --output benchmarks/results/rag_qa.json

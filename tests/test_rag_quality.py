@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -91,3 +92,27 @@ def test_a_stopped_index_build_goes_on_where_it_stopped(default_model, tmp_path)
     assert index.document_ids() == ["0", "1", "2"]
     assert [index.search(text, k=1)[0].chunk_id for text in passages[:2]] == chunks  # kept, not embedded again
     assert index.search(passages[2], k=1)[0].doc_id == "2"
+
+
+def test_runs_opening_one_index_at_once_build_it_once(default_model, tmp_path):
+    passages = ["The Eiffel Tower in Paris was completed in 1889.", "Python was created by Guido van Rossum.",
+                "Mount Everest is 8,849 metres high."]
+    corpus = rag_qa.Corpus("tiny", [], passages)
+
+    def open_and_search(_):  # an index is used in the thread that opened it (SQLite)
+        index = rag_qa.open_index(default_model, corpus, tmp_path / "index")
+        try:
+            return index.document_ids(), index.search(passages[2], k=1)[0].doc_id
+        finally:
+            index.close()
+
+    embedded = []  # rows of every embedding pass
+    hook = default_model.backbone.register_forward_pre_hook(
+        lambda module, args, kwargs: embedded.append(len(kwargs["input_ids"])), with_kwargs=True)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(open_and_search, range(2)))
+    finally:
+        hook.remove()
+    assert sum(embedded) == len(passages) + 2  # each passage once, and each run's one search query
+    assert results == [(["0", "1", "2"], "2")] * 2

@@ -88,19 +88,32 @@ def test_embedding_queue_refuses_work_beyond_max_queue(tiny):
     run(main())
 
 
-def test_generation_queue_is_bounded_and_frees_places_when_jobs_end():
-    release = threading.Event()
+@pytest.fixture
+def gate():
+    """Generation jobs (``gate.job``) that each yield "done" once ``gate.open()`` is called."""
+    class Gate:
+        def __init__(self):
+            self.opened = threading.Event()
 
-    def blocked():
-        release.wait(10)
-        yield "done"
+        def job(self):
+            self.opened.wait(10)
+            yield "done"
 
+        def open(self):
+            self.opened.set()
+
+    gate = Gate()
+    yield gate
+    gate.open()  # a failed test must not leave worker threads waiting
+
+
+def test_generation_queue_is_bounded_and_frees_places_when_jobs_end(gate):
     async def main():
         worker = GenerationWorker(slots=1, max_queue=1)
-        first, second = worker.submit(blocked), worker.submit(blocked)
+        first, second = worker.submit(gate.job), worker.submit(gate.job)
         with pytest.raises(QueueFull):
-            worker.submit(blocked)
-        release.set()
+            worker.submit(gate.job)
+        gate.open()
         assert [item async for item in first] == ["done"] and [item async for item in second] == ["done"]
         await asyncio.sleep(0.05)  # the workers report their end through the loop
         assert worker.pending == 0 and worker.active == 0
@@ -156,20 +169,14 @@ def test_errors_in_the_worker_reach_the_request():
 
 # ---------------------------------------------------------------- budgets, cancellation, fairness
 
-def test_queues_are_bounded_in_tokens_as_well_as_requests():
-    release = threading.Event()
-
-    def blocked():
-        release.wait(10)
-        yield "done"
-
+def test_queues_are_bounded_in_tokens_as_well_as_requests(gate):
     async def main():
         worker = GenerationWorker(slots=1, max_queue=10, max_queued_tokens=100)
-        first = worker.submit(blocked, tokens=60)
+        first = worker.submit(gate.job, tokens=60)
         with pytest.raises(QueueFull):
-            worker.submit(blocked, tokens=60)  # 120 tokens would be over 100, though 10 places are free
-        small = worker.submit(blocked, tokens=40)
-        release.set()
+            worker.submit(gate.job, tokens=60)  # 120 tokens would be over 100, though 10 places are free
+        small = worker.submit(gate.job, tokens=40)
+        gate.open()
         assert [item async for item in first] == ["done"] and [item async for item in small] == ["done"]
         worker.submit(lambda: iter(["again"]), tokens=100)  # all tokens free again
         worker.stop()
@@ -177,20 +184,14 @@ def test_queues_are_bounded_in_tokens_as_well_as_requests():
     run(main())
 
 
-def test_a_cancelled_queued_job_leaves_the_queue_at_once():
-    release = threading.Event()
-
-    def blocked():
-        release.wait(10)
-        yield "done"
-
+def test_a_cancelled_queued_job_leaves_the_queue_at_once(gate):
     async def main():
         worker = GenerationWorker(slots=1, max_queue=1)
-        running, queued = worker.submit(blocked), worker.submit(blocked)
+        running, queued = worker.submit(gate.job), worker.submit(gate.job)
         queued.cancel()
         assert worker.pending == 1  # its place is free before the running job ends
-        worker.submit(blocked)
-        release.set()
+        worker.submit(gate.job)
+        gate.open()
         assert [item async for item in running] == ["done"] and [item async for item in queued] == []
         worker.stop()
 

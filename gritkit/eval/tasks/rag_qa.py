@@ -103,17 +103,23 @@ def safe_name(text: str) -> str:
 def open_index(model: GritLM, corpus: Corpus, directory: Path, *, kv_budget_bytes: int | None = 2 * 1024**3):
     """The corpus index under ``directory``, built once: one chunk per paragraph, both KV kinds recorded
     and computed when first retrieved (``kv_on_demand``), so only passages ever answered from cost states.
-    A build that was stopped goes on from its last committed batch (each batch is one transaction)."""
+    A build that was stopped goes on from its last committed batch (each batch is one transaction).
+    Runs that open the same index at once (e.g. modes split over two processes) build it once: the
+    others wait for the build and then open it as it is."""
+    from filelock import FileLock
+
     from gritkit.rag import Index
 
     done = directory / "complete"
-    index = Index.open(directory, model, kv_budget_bytes=kv_budget_bytes)
-    if not done.exists() or len(index) != len(corpus.passages):
-        indexed = set(index.document_ids())
-        missing = [{"id": str(i), "text": text} for i, text in enumerate(corpus.passages) if str(i) not in indexed]
-        index.add(missing, chunk_size=100_000, chunk_overlap=0, batch_size=64, cache_kv="both", kv_on_demand=True,
-                  show_progress_bar=True)
-        done.write_text(json.dumps({"passages": len(corpus.passages)}))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(directory.with_name(directory.name + ".lock")):
+        index = Index.open(directory, model, kv_budget_bytes=kv_budget_bytes)
+        if not done.exists() or len(index) != len(corpus.passages):
+            indexed = set(index.document_ids())
+            missing = [{"id": str(i), "text": text} for i, text in enumerate(corpus.passages) if str(i) not in indexed]
+            index.add(missing, chunk_size=100_000, chunk_overlap=0, batch_size=64, cache_kv="both", kv_on_demand=True,
+                      show_progress_bar=True)
+            done.write_text(json.dumps({"passages": len(corpus.passages)}))
     return index
 
 
