@@ -116,8 +116,10 @@ models=("v1 runs/gritsmol-unified" "v2 runs/gritsmol-v2")
 # MODELS="name=run_dir ..." evaluates other runs instead (e.g. the GPU arms of recipes/device/README.md)
 if [ -n "${MODELS:-}" ]; then models=(); for m in $MODELS; do models+=("${m%%=*} ${m#*=}"); done; fi
 if [[ $steps == *eval* ]]; then
-  evaluate minilm st:minilm sts-full stsb,stsb_noinstruction all
-  evaluate minilm st:minilm msmarco-full msmarco all
+  if [ -z "${MODELS:-}" ]; then  # the baseline once, beside v1 and v2; MODELS= runs are read against it
+    evaluate minilm st:minilm sts-full stsb,stsb_noinstruction all
+    evaluate minilm st:minilm msmarco-full msmarco all
+  fi
   for entry in "${models[@]}"; do
     set -- $entry
     # the v1 ablation suite, unchanged, so averages compare like for like
