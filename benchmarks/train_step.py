@@ -32,7 +32,7 @@ from common import report  # noqa: E402
 from gritkit.training.build import build_training_mix  # noqa: E402
 from gritkit.training.config import TrainingConfig  # noqa: E402
 from gritkit.training.data import read_embedding_data, read_generative_data, read_rag_data  # noqa: E402
-from gritkit.training.trainer import GritTrainingModule, TrainingStep, _make_accelerator, load_for_training  # noqa: E402
+from gritkit.training.trainer import GritTrainingModule, TrainingStep, make_accelerator, load_for_training  # noqa: E402
 
 RECIPE = dict(mode="unified", embedding_batch_size=16, num_negatives=1, gradcache_chunk_size=8, query_max_length=64,
               passage_max_length=128, generative_batch_size=4, generative_max_length=384, rag_batch_size=8,
@@ -72,7 +72,7 @@ def measure(label: str, spec: str, data: Path, steps: int) -> list[dict]:
     config = TrainingConfig(model=spec, embedding_data=[str(data / "embedding")], generative_data=[str(data / "generative")],
                             rag_data=[str(data / "rag")], output_dir=str(data / "unused"), **RECIPE)
     config.validate()
-    accelerator = _make_accelerator(config)
+    accelerator = make_accelerator(config)
     grit, _ = load_for_training(config, accelerator.device)
     parameters = [p for p in grit.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-5)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from gritkit.model import Precision
-from gritkit.rag.index import (ChunkUnit, EmbeddedChunks, Index, SearchKind, _check_chunking, check_precision,
+from gritkit.rag.index import (ChunkUnit, EmbeddedChunks, Index, SearchKind, check_chunking, check_precision,
                                embed_chunks, new_vector_index)
 from gritkit.rag.kv import Segment
 
@@ -216,7 +216,7 @@ def build_index(
 
     from gritkit import GritLM
 
-    _check_chunking(chunk_size, chunk_overlap, chunk_unit)
+    check_chunking(chunk_size, chunk_overlap, chunk_unit)
     if workers < 1 or shard_size < 1:
         raise ValueError("workers and shard_size must be >= 1")
     if search is not None:

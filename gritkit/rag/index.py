@@ -127,7 +127,8 @@ def _short(value: str | None) -> str:
     return "none" if value is None else value[:12] if len(value) == 64 else repr(value)
 
 
-def _check_chunking(size: int, overlap: int, unit: str) -> None:
+def check_chunking(size: int, overlap: int, unit: str) -> None:
+    """Raise ``ValueError`` unless ``size >= 1``, ``0 <= overlap < size`` and ``unit`` is tokens or chars."""
     if size < 1 or not 0 <= overlap < size:
         raise ValueError(f"need chunk size >= 1 and 0 <= overlap < size, got size={size}, overlap={overlap}")
     if unit not in ("tokens", "chars"):
@@ -139,7 +140,7 @@ def chunk_text(text: str, tokenizer, size: int = 256, overlap: int = 32, unit: C
 
     Token windows are cut at the tokenizer's character offsets, so chunks are exact substrings.
     """
-    _check_chunking(size, overlap, unit)
+    check_chunking(size, overlap, unit)
     if unit == "chars":
         starts = range(0, max(len(text) - overlap, 1), size - overlap)
         return [text[start:start + size] for start in starts]
@@ -533,7 +534,7 @@ class Index:
         self._require_model()
         kinds = kv_kinds_of(cache_kv)
         checked = _check_documents(list(documents))
-        _check_chunking(chunk_size, chunk_overlap, chunk_unit)
+        check_chunking(chunk_size, chunk_overlap, chunk_unit)
         written = 0
         with tqdm(total=len(checked), desc="index add", unit="doc", disable=not show_progress_bar) as bar:
             for start in range(0, len(checked), batch_size):

@@ -394,7 +394,8 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def _make_accelerator(config: TrainingConfig):
+def make_accelerator(config: TrainingConfig):
+    """The ``accelerate.Accelerator`` a run of ``config`` trains with (bf16 or none; DDP options; CPU without a GPU)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -441,7 +442,7 @@ def train(config: TrainingConfig | dict[str, Any] | str | os.PathLike, *, resume
     writer = _tensorboard_writer_class() if config.tensorboard else None
     embedding_data, generative_data, rag_data = _load_data(config)
 
-    accelerator = _make_accelerator(config)
+    accelerator = make_accelerator(config)
     set_seed(config.seed)
     grit, base_spec = load_for_training(config, accelerator.device)
     # before any checkpoint is loaded: a resumed run keeps the teacher it started with
