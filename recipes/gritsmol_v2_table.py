@@ -1,4 +1,5 @@
-"""Print the README's gritsmol v2 comparison tables from the results files (nothing is typed by hand).
+"""Print docs/gritsmol.md's gritsmol v2 tables from the results files (nothing is typed by hand); the first,
+issue 11's targets against the shipped default, stands in the README too.
 
     python recipes/gritsmol_v2_table.py
 Columns: MiniLM and v1 (results/ablation, results/gritsmol-v2), the GPU arms (results/gritsmol-v2-gpu,
@@ -88,25 +89,27 @@ def cell(value: float | None, task: str = "") -> str:
     return f"{value:.2f}" if task == "perplexity" else f"{100 * value:.1f}"
 
 
-def mean_cell(values: list[float | None]) -> str:
-    return cell(sum(values) / len(values)) if None not in values else "–"
+def mean(values: list[float | None]) -> float | None:
+    return sum(values) / len(values) if None not in values else None
+
+
+def embedding_scores(name: str, msmarco_suite: str = "retrieval") -> list[float | None]:
+    """An arm's scores on EMBEDDING_ROWS; ``msmarco_suite="msmarco-full"`` takes msmarco over all 5,000 passages
+    and every query with a positive (issue 11's protocol) in place of its 5 queries."""
+    return [records(ARMS[name][0].get(msmarco_suite if task == "msmarco" else suite)).get(task)
+            for suite, task, _ in EMBEDDING_ROWS]
 
 
 def main() -> None:
     names = list(ARMS)
-    print("| task | n | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * len(names))
-    averages = {name: [] for name in names}
-    for suite, task, n in EMBEDDING_ROWS:
-        values = [records(ARMS[name][0].get(suite)).get(task) for name in names]
-        for name, value in zip(names, values):
-            averages[name].append(value)
-        print(f"| {task} | {n} | " + " | ".join(cell(v) for v in values) + " |")
-    print("| **embedding average** | | " + " | ".join(mean_cell(v) for v in averages.values()) + " |")
-    # issue 11's protocol: msmarco over every query with a positive and the whole corpus in place of
-    # the 5-query msmarco, the last of EMBEDDING_ROWS
-    full = {name: averages[name][:-1] + [records(ARMS[name][0].get("msmarco-full")).get("msmarco")] for name in names}
+    targets_table()
+    print("\n| task | n | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * len(names))
+    scores = {name: embedding_scores(name) for name in names}
+    for row, (_, task, n) in enumerate(EMBEDDING_ROWS):
+        print(f"| {task} | {n} | " + " | ".join(cell(scores[name][row]) for name in names) + " |")
+    print("| **embedding average** | | " + " | ".join(cell(mean(scores[name])) for name in names) + " |")
     print("| **embedding average, msmarco over all 5,000 passages** | | " + " | ".join(
-        mean_cell(v) for v in full.values()) + " |")
+        cell(mean(embedding_scores(name, "msmarco-full"))) for name in names) + " |")
     for suite, task, label in OTHER_ROWS:
         values = [records(ARMS[name][0].get(suite)).get(task) for name in names]
         print(f"| {label} | | " + " | ".join(cell(v, task) for v in values) + " |")
@@ -119,6 +122,57 @@ def main() -> None:
         cell(r["_retrieval"]["top1"]) if r else "–" for r in rag.values()) + " |")
     full_rag_table()
     decoding_table()
+
+
+SHIPPED = "stage 7 + 137 GPU steps, gold + distill (stage 10, shipped)"
+
+
+def targets_table() -> None:
+    """Issue 11's targets against the shipped default (stage 10, RAG with its decoding default)."""
+    rows, corpora = [], {"tydiqa": "TyDi QA dev-en, 440", "squad": "SQuAD dev sample, 300"}
+    answers = {corpus: _modes(STAGE10_PENALISED[corpus], corpus) for corpus in corpora}
+    for corpus, label in corpora.items():
+        modes = {mode: row["match"] for mode, row in answers[corpus].items()}
+        rows.append((f"doc caching match >= doc-first RAG ({label})",
+                     f"{100 * modes['doc']:.1f} vs {100 * modes['rag_doc_first']:.1f}",
+                     modes["doc"] >= modes["rag_doc_first"]))
+        gap = modes["rag_query_first"] - modes["query"]
+        rows.append((f"query caching within 3 points of query-first RAG ({label})",
+                     f"{100 * modes['query']:.1f} vs {100 * modes['rag_query_first']:.1f}", gap <= 0.03))
+    labels = dict(FULL_RAG_MODES)
+    worst = max((row["degenerate"], labels[mode], corpora[corpus])
+                for corpus in corpora for mode, row in answers[corpus].items())
+    rows.append(("degenerate answers < 2% in every mode, both corpora",
+                 "at most {:.1f}% ({}, {})".format(100 * worst[0], *worst[1:]), worst[0] < 0.02))
+    sts = records(ARMS[SHIPPED][0]["sts-full"])
+    rows.append(("STS-B test (1,379) >= 78 with the STS instruction", cell(sts["stsb"]), sts["stsb"] >= 0.78))
+    rows.append(("STS-B test (1,379) >= 75 without one", cell(sts["stsb_noinstruction"]),
+                 sts["stsb_noinstruction"] >= 0.75))
+    for suite, label in (("retrieval", "msmarco 5 queries"), ("msmarco-full", "msmarco over all 5,000 passages")):
+        shipped, v1, minilm = (mean(embedding_scores(name, suite)) for name in (SHIPPED, "v1", "MiniLM"))
+        measured = f"{cell(shipped)}, v1 {cell(v1)}, MiniLM {cell(minilm)}"
+        rows.append((f"embedding average >= v1 + 5 ({label}; goal: MiniLM)", measured,
+                     None if None in (shipped, v1) else shipped >= v1 + 0.05))
+    for task, label in (("mmlu", "MMLU (100)"), ("perplexity", "perplexity (100)"),
+                        ("nq_open", "NQ-open closed book (100)")):
+        value, (low, high) = records(ARMS[SHIPPED][0]["generative-100"])[task], _v1_interval(task)
+        within = value <= high if task == "perplexity" else value >= low
+        rows.append((f"{label} not below v1 beyond v1's 95% interval", f"{cell(value, task)}, v1 interval "
+                     f"{cell(low, task)}-{cell(high, task)}", within))
+    print("| issue 11's target | shipped default (stage 10) | met |\n|---|---|---|")
+    for target, measured, met in rows:
+        print(f"| {target} | {measured} | {'–' if met is None else 'yes' if met else 'no'} |")
+
+
+def _v1_interval(task: str) -> tuple[float, float]:
+    """v1's 95% interval on a generative-100 task: perplexity's bootstrap, a proportion's Wilson."""
+    from gritkit.eval.metrics import wilson_interval
+
+    rows = json.loads((ROOT / ARMS["v1"][0]["generative-100"]).read_text())
+    row = next(row for row in rows if row["task"] == task)
+    if "ci95_low" in row["extra"]:
+        return row["extra"]["ci95_low"], row["extra"]["ci95_high"]
+    return wilson_interval(round(row["value"] * row["n"]), row["n"])
 
 
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
