@@ -7,7 +7,6 @@ import datetime
 import gzip
 import json
 import os
-import platform
 import shlex
 import socket
 import statistics
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from gritkit.paths import data_dir
+from gritkit.results import cpu_model
 
 # Where report() writes; GRITKIT_BENCHMARK_RESULTS points a trial run elsewhere than the committed records.
 RESULTS_DIR = Path(os.environ.get("GRITKIT_BENCHMARK_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -34,17 +34,6 @@ def best_of(function: Callable[[], object], repeats: int) -> tuple[float, float]
         function()
         times.append(time.perf_counter() - start)
     return statistics.mean(times), statistics.stdev(times) if len(times) > 1 else 0.0
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import platform
+import shlex
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,27 @@ class Record:
     commit: str
     limit: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # run_facts() of the run that made it
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_facts() -> dict[str, Any]:
+    """How and where this process runs: its command line, CPU model, torch threads and the UTC date."""
+    import torch
+
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return {"command": shlex.join([program, *sys.argv[1:]]), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def save_records(records: list[Record], path: str | Path) -> None:

@@ -4,7 +4,10 @@ A bag-of-words encoder (a real, deterministic Encoder) gives cosines that can be
 hand, so each task's score is checked exactly; tiny random models run the generative paths.
 """
 
+import datetime
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,6 +235,10 @@ def test_runner_saves_records_and_report_renders(tmp_path, monkeypatch):
     saved = json.loads(output.read_text())
     assert set(saved[0]) >= {"model", "task", "metric", "value", "n", "seconds", "commit"}
     assert saved[0]["model"] == "bag-of-words" and saved[0]["value"] == pytest.approx(1.0) and saved[0]["limit"] == 3
+    facts = saved[0]["provenance"]  # how the record was made, as the benchmark records say it
+    assert facts["cpu"] and facts["torch_threads"] >= 1 and facts["command"].split()[0] == Path(sys.argv[0]).name
+    assert datetime.datetime.fromisoformat(facts["date"]).tzinfo is not None
+    assert result.load_records(output)[0].provenance == facts
     other = tmp_path / "other.json"
     result.save_records([result.Record("st:x", "toy_sts", "spearman", 0.5, 3, 1.0, "abc"),
                          result.Record("st:x", "perplexity", "perplexity", 12.345, 2, 1.0, "abc"),

@@ -14,7 +14,7 @@ from gritkit import GritLM
 from gritkit.eval.encoders import Encoder, as_encoder
 from gritkit.specs import load_model
 from gritkit.prompts import instruction_for
-from gritkit.results import Record, save_records
+from gritkit.results import Record, run_facts, save_records
 from gritkit.eval.tasks import TASKS, parse_tasks
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def evaluate(
             logger.error("task %s failed: %s: %s", spec, type(error).__name__, error)
             continue
         record = Record(label, spec, score.metric, score.value, score.n, round(time.perf_counter() - start, 2),
-                        commit, limit, score.extra)
+                        commit, limit, score.extra, run_facts())
         records.append(record)
         print(f"{spec}: {score.metric} = {score.value:.4f} (n={score.n}, {record.seconds:.0f} s)", file=sys.stderr)
         if output is not None:
