@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,13 @@ def _check_texts(texts: Sequence[str]) -> None:
         if not text.strip():
             raise ValueError(f"texts[{index}] is empty: an empty text has no tokens to pool")
 
+
+
+# transformers applies a forward's `is_causal` by setting it on the model's shared config for the length of
+# the call, so forwards of one model in two threads (the server's embedding batcher beside its generation
+# worker, a user's thread pool) would read each other's attention, and a bidirectional value could outlive
+# its call for later plain causal calls. Forwards that pass it run one at a time.
+_FORWARD_LOCK = threading.RLock()
 
 class GritLM:
     """A decoder LM used both as an embedding model and as a generative model.
@@ -282,7 +290,8 @@ class GritLM:
                       *, attention: Attention | None = None) -> torch.Tensor:
         """Last hidden states of the backbone with bidirectional or causal attention."""
         is_causal = (attention or self.attention) == "causal"
-        output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, is_causal=is_causal, use_cache=False)
+        with _FORWARD_LOCK:
+            output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, is_causal=is_causal, use_cache=False)
         return output.last_hidden_state
 
     def embed_batch(self, batch: EmbeddingBatch, *, attention: Attention | None = None,
@@ -388,8 +397,9 @@ class GritLM:
         """
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
         cache = _fork(past_key_values) if past_key_values is not None else DynamicCache(config=self.config)
-        output = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
-                            is_causal=attention == "causal", logits_to_keep=1)
+        with _FORWARD_LOCK:
+            output = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                                is_causal=attention == "causal", logits_to_keep=1)
         return output.past_key_values, output.logits[0, -1]
 
     @property
@@ -520,8 +530,9 @@ class GritLM:
         batch = batch.to(self.device)
         is_causal = (attention or self.attention) == "causal"
         mask = batch.attention_mask if padded else None  # unpadded: the very path of a single text
-        output = self.backbone(input_ids=batch.input_ids, attention_mask=mask, past_key_values=DynamicCache(config=self.config),
-                               use_cache=True, is_causal=is_causal)
+        with _FORWARD_LOCK:
+            output = self.backbone(input_ids=batch.input_ids, attention_mask=mask, use_cache=True, is_causal=is_causal,
+                                   past_key_values=DynamicCache(config=self.config))
         return pool(output.last_hidden_state, batch.pooling_mask, self.pooling), output.past_key_values
 
     @torch.inference_mode()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -146,6 +147,24 @@ def test_generation_continues_from_an_embedding_cache(default_model):
 
 
 # ------------------------------------------------------------------ loading
+
+def test_forwards_in_two_threads_keep_their_own_attention(default_model):
+    # transformers applies a forward's is_causal through the model's shared config; unguarded, two threads
+    # read each other's value and a bidirectional one outlives its call
+    texts = ["the first text", "a second, longer text to embed", "three"]
+    prompt = "Paris is the capital of France. Berlin is the capital of"
+    alone, reply = default_model.encode(texts), default_model.generate(prompt, max_new_tokens=8)
+
+    def embed_or_generate(index):
+        return default_model.generate(prompt, max_new_tokens=8) if index % 4 == 3 else default_model.encode(texts)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(embed_or_generate, range(16)))
+    left_behind = default_model.model.config.__dict__.pop("is_causal", True)  # popped: a failure stays here
+    assert left_behind is True  # plain causal calls (transformers' generate, training) would run bidirectionally
+    assert all(result == reply if index % 4 == 3 else np.allclose(result, alone, atol=1e-5)
+               for index, result in enumerate(results))
+
 
 def test_unknown_path_raises_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match="never downloads"):
