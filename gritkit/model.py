@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -79,12 +78,21 @@ def _check_texts(texts: Sequence[str]) -> None:
             raise ValueError(f"texts[{index}] is empty: an empty text has no tokens to pool")
 
 
+def _copied_down_to(module: torch.nn.Module, decoder: torch.nn.Module) -> torch.nn.Module | None:
+    """Shallow copies of the modules from ``module`` down to ``decoder``, which gets a copy of its config
+    (None where ``decoder`` is not inside ``module``). A plain function: a recursive closure is a reference
+    cycle, which the trainer's graph must not hold (it is freed by reference counting alone)."""
+    if module is decoder:
+        clone = copy.copy(module)
+        clone.config = copy.copy(module.config)
+        return clone
+    for name, child in module._modules.items():
+        if child is not None and (inner := _copied_down_to(child, decoder)) is not None:
+            clone = copy.copy(module)
+            clone._modules = {**module._modules, name: inner}
+            return clone
+    return None
 
-# transformers applies a forward's `is_causal` by setting it on the model's shared config for the length of
-# the call, so forwards of one model in two threads (the server's embedding batcher beside its generation
-# worker, a user's thread pool) would read each other's attention, and a bidirectional value could outlive
-# its call for later plain causal calls. Forwards that pass it run one at a time.
-_FORWARD_LOCK = threading.RLock()
 
 class GritLM:
     """A decoder LM used both as an embedding model and as a generative model.
@@ -227,6 +235,17 @@ class GritLM:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return base.get_decoder()
 
+    def _own_config(self, root: torch.nn.Module) -> torch.nn.Module:
+        """``root`` (the model or its decoder) for one pass that sets ``is_causal``, with a config of its own.
+
+        transformers applies a pass's ``is_causal`` by setting it on the decoder's config for the length of
+        the call. Shared, two threads' passes (the server's embedding batcher beside its generation worker,
+        a user's thread pool) would read each other's attention, and a bidirectional value could outlive
+        its call for plain causal calls (``generate``, training). So the pass runs on shallow copies of the
+        modules from ``root`` down to the decoder, the decoder's with a copy of the config: same weights.
+        """
+        return _copied_down_to(root, self.backbone) or root
+
     # ------------------------------------------------------------ embedding
 
     def tokenize_for_embedding(
@@ -290,8 +309,8 @@ class GritLM:
                       *, attention: Attention | None = None) -> torch.Tensor:
         """Last hidden states of the backbone with bidirectional or causal attention."""
         is_causal = (attention or self.attention) == "causal"
-        with _FORWARD_LOCK:
-            output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, is_causal=is_causal, use_cache=False)
+        output = self._own_config(self.backbone)(input_ids=input_ids, attention_mask=attention_mask,
+                                                 is_causal=is_causal, use_cache=False)
         return output.last_hidden_state
 
     def embed_batch(self, batch: EmbeddingBatch, *, attention: Attention | None = None,
@@ -397,9 +416,8 @@ class GritLM:
         """
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
         cache = _fork(past_key_values) if past_key_values is not None else DynamicCache(config=self.config)
-        with _FORWARD_LOCK:
-            output = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
-                                is_causal=attention == "causal", logits_to_keep=1)
+        output = self._own_config(self.model)(input_ids=ids, past_key_values=cache, use_cache=True,
+                                              is_causal=attention == "causal", logits_to_keep=1)
         return output.past_key_values, output.logits[0, -1]
 
     @property
@@ -530,9 +548,8 @@ class GritLM:
         batch = batch.to(self.device)
         is_causal = (attention or self.attention) == "causal"
         mask = batch.attention_mask if padded else None  # unpadded: the very path of a single text
-        with _FORWARD_LOCK:
-            output = self.backbone(input_ids=batch.input_ids, attention_mask=mask, use_cache=True, is_causal=is_causal,
-                                   past_key_values=DynamicCache(config=self.config))
+        output = self._own_config(self.backbone)(input_ids=batch.input_ids, attention_mask=mask, use_cache=True,
+                                                 is_causal=is_causal, past_key_values=DynamicCache(config=self.config))
         return pool(output.last_hidden_state, batch.pooling_mask, self.pooling), output.past_key_values
 
     @torch.inference_mode()
