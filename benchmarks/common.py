@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import gzip
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from gritkit.paths import data_dir
-from gritkit.results import cpu_model
+from gritkit.results import run_facts
 
 # Where report() writes; GRITKIT_BENCHMARK_RESULTS points a trial run elsewhere than the committed records.
 RESULTS_DIR = Path(os.environ.get("GRITKIT_BENCHMARK_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -46,12 +45,11 @@ def machine() -> dict:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
 
-    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD"),
+    return {**run_facts(), "cpus": os.cpu_count(), "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD"),
             "clean": not git("status", "--porcelain", "--untracked-files=no", "--", ":/",
                                ":(top,exclude)benchmarks/results", ":(top,exclude)results"),
-            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            # the interpreter and the script as typed (a benchmark is run as `python benchmarks/x.py`)
+            "command": shlex.join([Path(sys.executable).name, *sys.argv])}
 
 
 def write_results(path: Path, record: dict) -> Path:
