@@ -146,8 +146,6 @@ def test_generation_continues_from_an_embedding_cache(default_model):
     assert cached == uncached
 
 
-# ------------------------------------------------------------------ loading
-
 def test_forwards_in_two_threads_keep_their_own_attention(default_model):
     # transformers applies a forward's is_causal through the model's shared config; unguarded, two threads
     # read each other's value and a bidirectional one outlives its call
@@ -165,6 +163,8 @@ def test_forwards_in_two_threads_keep_their_own_attention(default_model):
     assert all(result == reply if index % 4 == 3 else np.allclose(result, alone, atol=1e-5)
                for index, result in enumerate(results))
 
+
+# ------------------------------------------------------------------ loading
 
 def test_unknown_path_raises_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match="never downloads"):
