@@ -422,6 +422,56 @@ def test_export_adapter_records_every_stage_of_a_continued_run(tiny_dir, data, u
     assert stages[2]["model"] == str(destination)
 
 
+def lora_deltas(folder: Path) -> dict[str, torch.Tensor]:
+    """Every adapted layer's ΔW = scaling · B · A, read from an adapter folder's files."""
+    from safetensors.torch import load_file
+
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    scaling = adapter_config["lora_alpha"] / adapter_config["r"]
+    weights = load_file(folder / "adapter_model.safetensors")
+    return {key: scaling * weights[key.replace("lora_A", "lora_B")].float() @ tensor.float()
+            for key, tensor in weights.items() if "lora_A" in key}
+
+
+def test_extrapolate_adapter_moves_past_the_later_stage_along_the_step_between_them(tiny_dir, data, uninterrupted,
+                                                                                      tmp_path):
+    from gritkit.training.export import export_adapter
+    from gritkit.training.extrapolate import extrapolate_adapter
+
+    first, _ = uninterrupted
+    second = tiny_config(tiny_dir, data, tmp_path / "stage2", model=first.output_dir, max_steps=2, checkpoint_every=0)
+    train(second)
+    earlier, later = lora_deltas(Path(first.output_dir)), lora_deltas(Path(second.output_dir))
+    assert any(not torch.allclose(later[key], earlier[key]) for key in later)
+    cat = extrapolate_adapter(second.output_dir, first.output_dir, tmp_path / "cat", weight=0.5, combination="cat")
+    rank = json.loads((Path(second.output_dir) / "adapter_config.json").read_text())["r"]
+    assert json.loads((cat / "adapter_config.json").read_text())["r"] == 2 * rank
+    svd = extrapolate_adapter(second.output_dir, first.output_dir, tmp_path / "svd", weight=0.5, rank=2 * rank)
+    for folder in (cat, svd):  # both exact here: the sum has rank <= 2r
+        for key, delta in lora_deltas(folder).items():
+            torch.testing.assert_close(delta, 1.5 * later[key] - 0.5 * earlier[key], atol=1e-5, rtol=1e-4)
+    texts = ["question 1 about cats", "car part number 2"]
+    same = extrapolate_adapter(second.output_dir, first.output_dir, tmp_path / "same", weight=0.0)
+    np.testing.assert_allclose(GritLM.from_pretrained(same).encode(texts),
+                               GritLM.from_pretrained(second.output_dir).encode(texts), atol=1e-5)
+    stages = yaml.safe_load((export_adapter(svd, tmp_path / "shipped") / "training_stages.yaml").read_text())
+    assert [stage["run"] for stage in stages] == [first.output_dir, second.output_dir, str(svd)]
+    assert stages[2]["extrapolate_from"] == first.output_dir and stages[2]["weight"] == 0.5
+
+
+def test_extrapolate_adapter_command_reports_bad_input(uninterrupted, tmp_path):
+    first, _ = uninterrupted
+    runner = CliRunner()
+    ok = runner.invoke(app, ["extrapolate-adapter", first.output_dir, str(tmp_path / "out"), "--from", first.output_dir])
+    assert ok.exit_code == 0, ok.output
+    bad_calls = [([str(tmp_path / "none"), "--from", first.output_dir], "holds no PEFT adapter"),
+                 ([first.output_dir, "--from", first.output_dir, "--combination", "ties"], "combination")]
+    for args, message in bad_calls:
+        failed = runner.invoke(app, ["extrapolate-adapter", args[0], str(tmp_path / "bad"), *args[1:]])
+        assert failed.exit_code == 2 and message in failed.output, failed.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_embedding_only_full_finetuning_saves_a_model_dir(tiny_dir, data, tmp_path):
     config = tiny_config(tiny_dir, data, tmp_path / "emb", mode="embedding", generative_data=[], lora=False,
                          max_steps=2, checkpoint_every=0, gradient_checkpointing=True)

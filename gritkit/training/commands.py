@@ -128,6 +128,26 @@ def export_command(
     typer.echo(f"wrote {folder} ({size / 1e6:.1f} MB)")
 
 
+def extrapolate_command(
+    to_dir: Annotated[Path, typer.Argument(help="The later stage: a LoRA adapter folder (a run or an export)")],
+    destination: Annotated[Path, typer.Argument(help="Adapter folder to write (replaced)")],
+    from_dir: Annotated[Path, typer.Option("--from", help="An earlier stage of the same adapter")],
+    weight: Annotated[float, typer.Option(help="How far past the later stage, in units of the step between them")] = 1.0,
+    combination: Annotated[str, typer.Option(help="svd: keep the rank (truncated SVD) | cat: exact, at twice the rank")] = "svd",
+    rank: Annotated[Optional[int], typer.Option(help="Rank with svd (default: the later stage's)")] = None,
+) -> None:
+    """Extrapolate an adapter past its last stage: ΔW_to + weight·(ΔW_to − ΔW_from) (ExPO), as a new adapter."""
+    from gritkit import ModelLoadError
+    from gritkit.training.extrapolate import extrapolate_adapter
+
+    try:
+        folder = extrapolate_adapter(to_dir, from_dir, destination, weight=weight, combination=combination, rank=rank)
+    except (OSError, ValueError, ModelLoadError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"wrote {folder}")
+
+
 def self_targets_command(
     inputs: Annotated[list[Path], typer.Argument(help="RAG JSONL files (question, passages with the gold first, answer)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL to write (resumed when its .progress file exists)")],
@@ -180,3 +200,4 @@ def register(app: typer.Typer) -> None:
     data.command("rag-chat")(rag_chat_command)
     app.add_typer(data, name="data")
     app.command("export-adapter")(export_command)
+    app.command("extrapolate-adapter")(extrapolate_command)
