@@ -45,7 +45,7 @@ def extrapolate_adapter(to_dir: str | Path, from_dir: str | Path, destination: s
                                svd_rank=(rank or model.peft_config["default"].r) if combination == "svd" else None)
     staging = destination.with_name(destination.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, selected_adapters=["extrapolated"])
+    model.save_pretrained(staging, selected_adapters=["extrapolated"], save_embedding_layers=False)
     saved = staging / "extrapolated"  # PEFT saves an adapter not named "default" in a subfolder
     if (to_dir / loading.GENERATION_CONFIG).is_file():
         shutil.copy2(to_dir / loading.GENERATION_CONFIG, saved / loading.GENERATION_CONFIG)
