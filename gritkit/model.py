@@ -420,6 +420,12 @@ class GritLM:
                                               is_causal=attention == "causal", logits_to_keep=1)
         return output.past_key_values, output.logits[0, -1]
 
+    @torch.inference_mode()
+    def token_logits(self, input_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Next-token logits at every position of one causal pass over ``input_ids`` (to score a text)."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
+        return self._own_config(self.model)(input_ids=ids, use_cache=False, is_causal=True).logits[0]
+
     @property
     def default_penalties(self) -> dict[str, float]:
         """The decoding penalties the model's generation config sets (``generation_config.json`` of the

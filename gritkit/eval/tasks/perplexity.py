@@ -28,10 +28,8 @@ RESPONSE_COLUMNS = ("output", "completion", "answer", "response")
 
 def response_nll(model: GritLM, prompt: list[int], response: list[int]) -> float:
     """Summed negative log-likelihood of ``response`` tokens following ``prompt`` (causal attention)."""
-    ids = torch.tensor([prompt + response], device=model.device)
-    with torch.inference_mode():
-        logits = model.model(input_ids=ids, is_causal=True, use_cache=False).logits[0, len(prompt) - 1:-1]
-    return float(F.cross_entropy(logits.float(), ids[0, len(prompt):], reduction="sum"))
+    logits = model.token_logits(prompt + response)[len(prompt) - 1:-1]
+    return float(F.cross_entropy(logits.float(), torch.tensor(response, device=logits.device), reduction="sum"))
 
 
 def evaluate(model: GritLM, path: str | Path, *, limit: int | None = None, chat: bool = True, max_tokens: int = 1024) -> Score:
