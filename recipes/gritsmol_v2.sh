@@ -9,6 +9,7 @@
 #   STEPS=stage9 recipes/gritsmol_v2.sh  # stage 9 (measured, not shipped) on top of the adapter shipped when it ran,
 #                                        # stage 7; `model: default` is stage 10 now (see its recipe's header)
 #   STEPS=stage11 recipes/gritsmol_v2.sh # stage 11 on top of the shipped stage 10 (an embedding-heavy stage; README)
+#   STEPS=stage12 recipes/gritsmol_v2.sh # stage 12: stage 10 extrapolated past itself, away from stage 7 (no training)
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,6 +106,19 @@ if [[ $steps == *stage11* ]]; then
   [ -f runs/gritsmol-v2-sts-anchor/adapter_config.json ] || gritkit train recipes/gritsmol_v2_sts_anchor.yaml --resume       # 11
 fi
 
+# Stage 12: no training. Stage 10 (the GPU stage) moved every open target of issue 11; with no GPU, extrapolate
+# the adapter one more such step: ΔW10 + 1.0·(ΔW10 − ΔW7) (gritkit extrapolate-adapter, docs/training.md).
+# Both stages come from the commits that shipped them: STEPS=stage12 recipes/gritsmol_v2.sh (~1 min)
+if [[ $steps == *stage12* ]]; then
+  for stage_commit in 7:74c579c 10:de73661; do
+    folder=runs/gritsmol-v2-stage${stage_commit%:*}
+    [ -f $folder/adapter_config.json ] ||
+      { mkdir -p $folder && git archive ${stage_commit#*:} gritkit/adapters/gritsmol | tar -x --strip-components=3 -C $folder; }
+  done
+  [ -f runs/gritsmol-v2-extrap1/adapter_config.json ] || gritkit extrapolate-adapter runs/gritsmol-v2-stage10 \
+    runs/gritsmol-v2-extrap1 --from runs/gritsmol-v2-stage7 --weight 1.0                                                    # 12
+fi
+
 evaluate() {  # name model suite tasks limit
   local limit=()
   [[ " $suites " == *" $3 "* ]] || return 0
@@ -142,3 +156,4 @@ fi
 if [[ $steps == *report* ]]; then
   gritkit report $out/*-{sentence,reranking,retrieval,sts-full,msmarco-full,generative-100}.json --output-dir $out/report
 fi
+
