@@ -457,8 +457,9 @@ def test_extrapolate_adapter_moves_past_the_later_stage_along_the_step_between_t
     stages = yaml.safe_load((export_adapter(svd, tmp_path / "shipped") / "training_stages.yaml").read_text())
     assert [stage["run"] for stage in stages] == [first.output_dir, second.output_dir, str(svd)]
     assert stages[2]["extrapolate_from"] == first.output_dir and stages[2]["weight"] == 0.5
-    assert "Made in 3 stages, each continuing the one before (1 of them by `gritkit extrapolate-adapter`" in (
-        tmp_path / "shipped" / "README.md").read_text()
+    card = (tmp_path / "shipped" / "README.md").read_text()
+    assert "Made in 3 stages, each continuing the one before (1 of them by `gritkit extrapolate-adapter`" in card
+    assert "metrics.jsonl" not in card  # no loss log: nothing was trained in the last stage
 
 
 def test_extrapolate_adapter_command_reports_bad_input(uninterrupted, tmp_path):

@@ -48,7 +48,8 @@ def export_adapter(run_dir: str | Path, destination: str | Path, *, results: Seq
         (staging / "training_stages.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     (staging / "README.md").write_text(model_card(title, json.loads((run_dir / "adapter_config.json").read_text()),
                                                   sum(t.numel() for t in weights.values()), records, stages,
-                                                  loading.generation_defaults(staging)))
+                                                  loading.generation_defaults(staging),
+                                                  loss_log=(staging / "metrics.jsonl").is_file()))
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return destination
@@ -73,7 +74,7 @@ def training_stages(run_dir: Path) -> list[dict]:
 
 
 def model_card(title: str, adapter_config: dict, parameters: int, records: list[Record], stages: Sequence[dict] = (),
-               decoding: dict | None = None) -> str:
+               decoding: dict | None = None, loss_log: bool = True) -> str:
     """A short Markdown card: what the adapter is, how to load it, how it was trained and scored.
 
     ``stages``: :func:`training_stages`; a stage written by ``gritkit extrapolate-adapter`` is told apart."""
@@ -83,7 +84,7 @@ def model_card(title: str, adapter_config: dict, parameters: int, records: list[
               f"{parameters / 1e6:.1f}M parameters) on `{adapter_config.get('base_model_name_or_path')}`, "
               "trained with gritkit's GRIT objective (contrastive + next-token)."), "",
              "```python", "from gritkit import GritLM", "model = GritLM.from_pretrained(\"path/to/this/folder\")  # the shipped one: GritLM.from_pretrained()", "```", "",
-             "Training options: `training_config.yaml`; loss per step: `metrics.jsonl`."
+             "Training options: `training_config.yaml`" + ("; loss per step: `metrics.jsonl`." if loss_log else ".")
              + (f" {'Made' if extrapolated else 'Trained'} in {len(stages)} stages, each continuing the one before"
                 + (f" ({extrapolated} of them by `gritkit extrapolate-adapter`, without training)" if extrapolated else "")
                 + ": `training_stages.yaml` holds every stage's options, the first stage first." if len(stages) > 1 else "")]
