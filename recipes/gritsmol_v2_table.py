@@ -193,7 +193,8 @@ def _v1_interval(task: str) -> tuple[float, float]:
 
 
 STAGE12_RAG = {"tydiqa": ("gritsmol-v2-extrap/extrap1-rag-440-docs.json", "gritsmol-v2-extrap/extrap1-rag-440-query.json",
-                          "gritsmol-v2-extrap/extrap1-rag-440-norag.json"),
+                          "gritsmol-v2-extrap/extrap1-rag-440-norag.json", "gritsmol-v2-extrap/extrap1-rag-440-querydoc.json",
+                          "gritsmol-v2-extrap/extrap1-rag-440-docquery.json"),
                "squad": ("gritsmol-v2-extrap/extrap1-rag-squad-docs.json", "gritsmol-v2-extrap/extrap1-rag-squad-query.json",
                          "gritsmol-v2-extrap/extrap1-rag-squad-norag.json", "gritsmol-v2-extrap/extrap1-rag-squad-more.json")}
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
