@@ -26,6 +26,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from common import write_results  # noqa: E402
 from gritkit import GritLM  # noqa: E402
+from gritkit.answers import LOOP_DETECTOR_VERSION  # noqa: E402
 from gritkit.eval.data import subset  # noqa: E402
 from gritkit.eval.tasks import rag_qa  # noqa: E402
 from gritkit.model import NEUTRAL_PENALTIES  # noqa: E402
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> dict:
     model = GritLM.from_pretrained(args.model)
     key = f"{rag_qa.safe_name(args.model)}-{rag_qa.model_fingerprint(model)}"
     results = {"config": {**vars(args), "output": str(args.output), "work_dir": str(args.work_dir), "model_key": key,
-                          "threads": torch.get_num_threads(), "device": str(model.device)},
+                          "threads": torch.get_num_threads(), "device": str(model.device),
+                          "loop_detector": LOOP_DETECTOR_VERSION},
                "corpora": {}}
     for name in args.corpora:
         corpus = rag_qa.load_corpus(name, squad_sample=args.squad_sample)

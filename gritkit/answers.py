@@ -41,16 +41,21 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
     return max(f1(answer) for answer in answers)
 
 
-_WORD_OR_SYMBOL = re.compile(r"\w+|[^\w\s]")
+LOOP_DETECTOR_VERSION = 2  # 1 split "21,000,000,000" and "####" into repeats; results records name the version
+# A round number written with thousands separators and a run of one punctuation mark (Markdown's "####",
+# "...") are single tokens: that is how numbers and formatting are written, not a loop. "1,111,111,111" is not
+# round, so its groups stay separate tokens and still count.
+_TOKEN = re.compile(r"\d{1,3}(?:,000)+(?!\d)|\w+|([^\w\s])\1*")
 
 
 def is_degenerate(text: str, max_period: int = 4, repeats: int = 3, ngram: int = 3) -> bool:
-    """A looping output: some unit of 1..``max_period`` words/symbols ``repeats`` times back to back
-    (``E-E-E-E``, ``no no no``), or some ``ngram`` of words/symbols ``repeats`` times anywhere.
+    """A looping output: some unit of 1..``max_period`` tokens ``repeats`` times back to back
+    (``E-E-E-E``, ``no no no``), or some ``ngram`` of tokens ``repeats`` times anywhere.
 
-    Text is split into lower-cased words and single punctuation marks first.
+    Tokens are lower-cased words, round numbers with separators ("21,000,000") and runs of one punctuation
+    mark ("####"); any other mark is a token of its own.
     """
-    tokens = _WORD_OR_SYMBOL.findall(text.lower())
+    tokens = [match.group(0) for match in _TOKEN.finditer(text.lower())]
     for period in range(1, max_period + 1):
         for start in range(len(tokens) - period * repeats + 1):
             unit = tokens[start:start + period]

@@ -24,6 +24,8 @@ def test_match_is_case_insensitive_containment_of_any_gold_answer():
     "The E-E-T-E-E-E-E-E-E-E-E-E",                                   # a two-symbol unit back to back
     "no no no",                                                      # one word three times in a row
     "Python is a language created by the Python is a language created by the Python is a",  # a loop
+    "Martin Luther was ordained on 18 February 18 February 18 February",  # a two-word unit
+    "The first synthetic molecule was called 1,111,111,111,111,111,1",    # digit groups that are not round
 ])
 def test_looping_outputs_are_degenerate(text):
     assert is_degenerate(text)
@@ -32,6 +34,9 @@ def test_looping_outputs_are_degenerate(text):
 @pytest.mark.parametrize("text", [
     "", "The Eiffel Tower was completed in 1889.", "1, 2, 3, 4", "The answer is the the answer",
     "Python is a programming language created by Guido van Rossum and first released in 1991.",
+    "Russia has a total of 21,000,000,000 troops.",                       # a round number is one token
+    "The Super Bowl has been played eight times.\n#### 8",               # Markdown's marker is one token
+    "It weighed 1,000,000 kg... or 2,000,000 kg... or 3,000,000 kg",     # "..." is one token
 ])
 def test_ordinary_answers_are_not_degenerate(text):
     assert not is_degenerate(text)
