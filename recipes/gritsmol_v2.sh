@@ -10,6 +10,7 @@
 #                                        # stage 7; `model: default` is stage 10 now (see its recipe's header)
 #   STEPS=stage11 recipes/gritsmol_v2.sh # stage 11 on top of the shipped stage 10 (an embedding-heavy stage; README)
 #   STEPS=stage12 recipes/gritsmol_v2.sh # stage 12: stage 10 extrapolated past itself, away from stage 7 (no training)
+#   STEPS="stage12 extrap2" recipes/gritsmol_v2.sh  # and two such steps (measured, not shipped)
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -117,6 +118,11 @@ if [[ $steps == *stage12* ]]; then
   done
   [ -f runs/gritsmol-v2-extrap1/adapter_config.json ] || gritkit extrapolate-adapter runs/gritsmol-v2-stage10 \
     runs/gritsmol-v2-extrap1 --from runs/gritsmol-v2-stage7 --weight 1.0                                                    # 12
+fi
+# Two steps instead of one (ΔW10 + 2.0·(ΔW10 − ΔW7); measured, not shipped): STEPS="stage12 extrap2"
+if [[ $steps == *extrap2* ]]; then
+  [ -f runs/gritsmol-v2-extrap2/adapter_config.json ] || gritkit extrapolate-adapter runs/gritsmol-v2-stage10 \
+    runs/gritsmol-v2-extrap2 --from runs/gritsmol-v2-stage7 --weight 2.0
 fi
 
 evaluate() {  # name model suite tasks limit
