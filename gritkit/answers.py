@@ -44,8 +44,10 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
 LOOP_DETECTOR_VERSION = 2  # 1 split "21,000,000,000" and "####" into repeats; results records name the version
 # A round number written with thousands separators and a run of one punctuation mark (Markdown's "####",
 # "...") are single tokens: that is how numbers and formatting are written, not a loop. "1,111,111,111" is not
-# round, so its groups stay separate tokens and still count.
+# round, so its groups stay separate tokens and still count; a run longer than Markdown's longest marker
+# ("######") is a loop of its own.
 _TOKEN = re.compile(r"\d{1,3}(?:,000)+(?!\d)|\w+|([^\w\s])\1*")
+_LONGEST_MARKER = 6
 
 
 def is_degenerate(text: str, max_period: int = 4, repeats: int = 3, ngram: int = 3) -> bool:
@@ -53,9 +55,12 @@ def is_degenerate(text: str, max_period: int = 4, repeats: int = 3, ngram: int =
     (``E-E-E-E``, ``no no no``), or some ``ngram`` of tokens ``repeats`` times anywhere.
 
     Tokens are lower-cased words, round numbers with separators ("21,000,000") and runs of one punctuation
-    mark ("####"); any other mark is a token of its own.
+    mark ("####"); any other mark is a token of its own. A run of more than 6 of one mark is a loop.
     """
-    tokens = [match.group(0) for match in _TOKEN.finditer(text.lower())]
+    matches = list(_TOKEN.finditer(text.lower()))
+    if any(match.group(1) and len(match.group(0)) > _LONGEST_MARKER for match in matches):
+        return True
+    tokens = [match.group(0) for match in matches]
     for period in range(1, max_period + 1):
         for start in range(len(tokens) - period * repeats + 1):
             unit = tokens[start:start + period]

@@ -26,6 +26,7 @@ def test_match_is_case_insensitive_containment_of_any_gold_answer():
     "Python is a language created by the Python is a language created by the Python is a",  # a loop
     "Martin Luther was ordained on 18 February 18 February 18 February",  # a two-word unit
     "The first synthetic molecule was called 1,111,111,111,111,111,1",    # digit groups that are not round
+    "The answer is!!!!!!!!!!!!",                                        # a run longer than any Markdown marker
 ])
 def test_looping_outputs_are_degenerate(text):
     assert is_degenerate(text)
