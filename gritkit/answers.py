@@ -41,7 +41,7 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
     return max(f1(answer) for answer in answers)
 
 
-LOOP_DETECTOR_VERSION = 2  # 1 split "21,000,000,000" and "####" into repeats; results records name the version
+LOOP_DETECTOR_VERSION = 2  # named in results records; version 1 counted "21,000,000,000" and "####" as loops
 # A round number written with thousands separators and a run of one punctuation mark (Markdown's "####",
 # "...") are single tokens: that is how numbers and formatting are written, not a loop. "1,111,111,111" is not
 # round, so its groups stay separate tokens and still count; a run longer than Markdown's longest marker
