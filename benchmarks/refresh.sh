@@ -10,6 +10,7 @@
 # GRITKIT_BENCHMARK_RESULTS=DIR writes the records to DIR instead of benchmarks/results (a trial run).
 # Then: python benchmarks/core_table.py and python benchmarks/doc_tables.py, paste their tables into README.md
 # and docs/ (tests/test_provenance.py and tests/test_doc_tables.py check them), and update the prose that cites them.
+{  # bash reads the whole block before running it, so editing this file mid-run cannot change the run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,3 +59,5 @@ for step in "${steps[@]}"; do
     bash -c "$command"
 done
 echo "== done; records in $out"
+exit
+}

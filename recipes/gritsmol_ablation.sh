@@ -3,6 +3,7 @@
 # evaluate them beside the untouched base and all-MiniLM-L6-v2. Every step is skipped when its output
 # exists, so an interrupted run picks up where it stopped (training resumes from its checkpoint).
 #   recipes/gritsmol_ablation.sh          # ~30 min a trained arm, ~2 h of evaluation on 2 CPU cores
+{  # bash reads the whole block before running it, so editing this file mid-run cannot change the run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] && source .venv/bin/activate
@@ -35,3 +36,5 @@ done
 embedding_suites unified runs/gritsmol-unified;  generative_suites unified runs/gritsmol-unified
 
 gritkit report $out/{minilm,base,embedding-only,generative-only,unified}-*.json --output-dir $out/report
+exit
+}

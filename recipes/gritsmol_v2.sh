@@ -12,6 +12,7 @@
 #   STEPS=stage12 recipes/gritsmol_v2.sh # stage 12: stage 10 extrapolated past itself, away from stage 7 (no training)
 #   STEPS="stage12 extrap2" recipes/gritsmol_v2.sh  # and two such steps (measured, not shipped)
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
+{  # bash reads the whole block before running it, so editing this file mid-run cannot change the run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] && source .venv/bin/activate
@@ -162,4 +163,5 @@ fi
 if [[ $steps == *report* ]]; then
   gritkit report $out/*-{sentence,reranking,retrieval,sts-full,msmarco-full,generative-100}.json --output-dir $out/report
 fi
-
+exit
+}
