@@ -5,13 +5,14 @@ export PYTHONPATH=$PWD:$STAGE/site${PYTHONPATH_EXTRA:+:$PYTHONPATH_EXTRA} HF_HUB
 export RECIPE=${RECIPE:-recipes/gritsmol_v2_gpu.yaml} RUN_PREFIX=${RUN_PREFIX:-runs/gritsmol-v2-gpu-}
 mkdir -p data && for d in $STAGE/data/*/; do ln -sfn ${d%/} data/$(basename $d); done
 
-ARMS=${ARMS:-"gold-distill distill norag"}  # also: self (train.sh makes its targets first), k1
+ARMS=${ARMS:-"gold-distill distill norag"}  # also: self (train.sh makes its targets first), k1, docs
 arm_flags() {  # the flags that make an arm differ from $RECIPE
   case $1 in
     gold-distill) echo "--rag-target gold+distill" ;;
     distill) echo "--rag-target distill" ;;
     norag) echo "--rag-data []" ;;
     k1) echo "--rag-max-passages 1" ;;  # one passage per question, as the RAG table answers
+    docs) echo "--rag-target gold+distill --rag-cache-modes [doc]" ;;  # every RAG question doc-cached (stage 13)
     self) echo "--rag-data [${SELF_RAG:-data/gritsmol-v2-gpu-mix/rag}] --rag-target gold" ;;  # self-distilled targets
   esac
 }

