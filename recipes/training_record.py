@@ -14,13 +14,11 @@ import argparse
 import datetime
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import cpu_model  # noqa: E402
+from gritkit.results import cpu_model
 
 
 def summary(run: Path) -> dict:

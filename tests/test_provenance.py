@@ -152,3 +152,23 @@ def test_refresh_script_reruns_every_core_and_refreshed_record():
     script = (ROOT / "benchmarks" / "refresh.sh").read_text()
     missing = [name for name in [*core_table().RECORDS, *REFRESHED] if name.removesuffix(".json") not in script]
     assert not missing, f"benchmarks/refresh.sh has no step for {missing}"
+
+
+def test_training_record_summarises_a_run(tmp_path: Path) -> None:
+    """recipes/training_record.py turns a run's metrics and config into a record with its provenance."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": step, "step_s": 1.0 + step, "loss": 4.0 - step, "loss_embedding": 2.0, "contrastive_passages": 64}
+            for step in range(1, 5)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (run / "training_config.yaml").write_text("model: default\nmax_steps: 4\n")
+    output = tmp_path / "record.json"
+    subprocess.run([sys.executable, str(ROOT / "recipes/training_record.py"), str(run), str(output), "--commit", "abc1234",
+                    "--command", "gritkit train x.yaml", "--threads", "2"], check=True, capture_output=True, cwd=ROOT)
+    record = json.loads(output.read_text())
+    assert record["steps"] == 4 and record["median_step_s"] == 4.5  # steps 3 and 4 (the first two are warm-up)
+    assert record["mean_last20"]["loss"] == 1.5 and record["config"]["max_steps"] == 4
+    assert record["provenance"]["commit"] == "abc1234" and record["provenance"]["cpu"]
