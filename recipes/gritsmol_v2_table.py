@@ -204,7 +204,8 @@ STAGE12_RAG = {"tydiqa": ("gritsmol-v2-extrap/extrap1-rag-440-docs.json", "grits
                           "gritsmol-v2-extrap/extrap1-rag-440-docquery.json"),
                "squad": ("gritsmol-v2-extrap/extrap1-rag-squad-docs.json", "gritsmol-v2-extrap/extrap1-rag-squad-query.json",
                          "gritsmol-v2-extrap/extrap1-rag-squad-norag.json", "gritsmol-v2-extrap/extrap1-rag-squad-more.json")}
-STAGE13_RAG = {"tydiqa": ("gritsmol-v2-rag-gpu13/gold-distill-rag-440-docs.json", "gritsmol-v2-rag-gpu13/gold-distill-rag-440-query.json"),
+STAGE13_RAG = {"tydiqa": ("gritsmol-v2-rag-gpu13/gold-distill-rag-440-docs.json", "gritsmol-v2-rag-gpu13/gold-distill-rag-440-query.json",
+                          "gritsmol-v2-rag-gpu13/gold-distill-rag-440-norag.json"),
                "squad": ("gritsmol-v2-rag-gpu13/gold-distill-rag-squad-docs.json",
                          "gritsmol-v2-rag-gpu13/gold-distill-rag-squad-query.json")}
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
