@@ -10,6 +10,8 @@ import datetime
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,9 +158,6 @@ def test_refresh_script_reruns_every_core_and_refreshed_record():
 
 def test_training_record_summarises_a_run(tmp_path: Path) -> None:
     """recipes/training_record.py turns a run's metrics and config into a record with its provenance."""
-    import subprocess
-    import sys
-
     run = tmp_path / "run"
     run.mkdir()
     rows = [{"step": step, "step_s": 1.0 + step, "loss": 4.0 - step, "loss_embedding": 2.0, "contrastive_passages": 64}
