@@ -11,6 +11,7 @@
 #   STEPS=stage11 recipes/gritsmol_v2.sh # stage 11 on top of the shipped stage 10 (an embedding-heavy stage; README)
 #   STEPS=stage12 recipes/gritsmol_v2.sh # stage 12: stage 10 extrapolated past itself, away from stage 7 (no training)
 #   STEPS="stage12 extrap2" recipes/gritsmol_v2.sh  # and two such steps (measured, not shipped)
+#   STEPS=stage14 recipes/gritsmol_v2.sh # stage 14: stage 13 (GPU) extrapolated past itself, away from stage 12
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 {  # bash reads the whole block before running it, so editing this file mid-run cannot change the run
 set -euo pipefail
@@ -124,6 +125,19 @@ fi
 if [[ $steps == *extrap2* ]]; then
   [ -f runs/gritsmol-v2-extrap2/adapter_config.json ] || gritkit extrapolate-adapter runs/gritsmol-v2-stage10 \
     runs/gritsmol-v2-extrap2 --from runs/gritsmol-v2-stage7 --weight 2.0
+fi
+
+# Stage 14 (measured; docs/gritsmol.md): no training. Stage 13 (178 GPU steps on top of stage 12) moved doc caching
+# up and query caching down; extrapolate it one more such step: ΔW13 + 1.0·(ΔW13 − ΔW12). Stage 12 comes from the
+# commit that shipped it; stage 13 from the GPU run of recipes/device/README.md (its gold-distill arm).
+# STEPS=stage14 recipes/gritsmol_v2.sh (~1 min)
+if [[ $steps == *stage14* ]]; then
+  stage13=runs/gritsmol-v2-rag-gpu13-gold-distill
+  [ -f $stage13/adapter_config.json ] || { echo "stage 13 first: recipes/device/README.md" >&2; exit 1; }
+  [ -f runs/gritsmol-v2-stage12/adapter_config.json ] ||
+    { mkdir -p runs/gritsmol-v2-stage12 && git archive c59968f gritkit/adapters/gritsmol | tar -x --strip-components=3 -C runs/gritsmol-v2-stage12; }
+  [ -f runs/gritsmol-v2-extrap13/adapter_config.json ] || gritkit extrapolate-adapter $stage13 \
+    runs/gritsmol-v2-extrap13 --from runs/gritsmol-v2-stage12 --weight 1.0                                                  # 14
 fi
 
 evaluate() {  # name model suite tasks limit
