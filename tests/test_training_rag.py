@@ -172,7 +172,7 @@ SELF_ROWS = [
 
 def test_self_targets_are_the_models_own_answers_kept_when_correct_and_resume(default_model, tmp_path):
     from gritkit.prompts import rag_prompt
-    from gritkit.training.self_targets import uncached_answers, write_self_targets
+    from gritkit.training.self_targets import finished_counts, uncached_answers, write_self_targets
 
     source = tmp_path / "rag.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in SELF_ROWS))
@@ -191,10 +191,17 @@ def test_self_targets_are_the_models_own_answers_kept_when_correct_and_resume(de
     assert [row["answer"] for row in rows] == [text for text, _ in batched[:2]]
     assert all(row["gold_answer"] in row["answer"] for row in rows)
     assert read_rag_data([whole])[0].answer == batched[0][0]  # the stream trains on the model's own answer
+    # a finished run rerun by its command returns at once: the model (here a missing folder) is never loaded
+    rerun = CliRunner().invoke(app, ["data", "self-targets", str(source), "--output", str(whole),
+                                     "--model", str(tmp_path / "no-such-model")])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"wrote {whole}: 2 of 3 questions kept" in rerun.output
 
     # killed after the first batch, with a half-written line after it: resuming gives the same file
     resumed = tmp_path / "resumed.jsonl"
     write_self_targets(default_model, [source], resumed, batch_size=2, max_new_tokens=24, limit=2)
+    assert finished_counts([source], resumed) is None  # one row left
+    assert finished_counts([source], resumed, limit=2) == {"rows": 2, "kept": 2}
     with open(resumed, "a") as sink:
         sink.write('{"question": "half')
     write_self_targets(default_model, [source], resumed, batch_size=2, max_new_tokens=24)

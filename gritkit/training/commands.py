@@ -160,12 +160,12 @@ def self_targets_command(
 ) -> None:
     """Self-distilled RAG targets: the model's own uncached answers, kept where they contain the gold answer."""
     from gritkit.specs import load_model
-    from gritkit.training.self_targets import write_self_targets
+    from gritkit.training.self_targets import finished_counts, write_self_targets
 
     try:
-        counts = write_self_targets(load_model(model), inputs, output, keep=keep, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, limit=limit,
-                                    max_answer_words=max_answer_words)
+        counts = finished_counts(inputs, output, limit=limit) or write_self_targets(
+            load_model(model), inputs, output, keep=keep, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            limit=limit, max_answer_words=max_answer_words)
     except (ValueError, OSError) as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(2) from error

@@ -99,6 +99,16 @@ def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str |
     return {"rows": done["rows"], "kept": done["kept"]}
 
 
+def finished_counts(inputs: Sequence[str | Path], output: str | Path, *, limit: int | None = None) -> dict[str, int] | None:
+    """The counts of :func:`write_self_targets` if its run at ``output`` over ``inputs`` has answered every row,
+    else None, read without a model (a finished run's ``.progress`` file stays, so a rerun costs no model load)."""
+    output, progress = Path(output), Path(f"{output}.progress")
+    if not (output.is_file() and progress.is_file()):
+        return None
+    done = json.loads(progress.read_text())
+    return {"rows": done["rows"], "kept": done["kept"]} if done["rows"] >= len(read_rag_data(inputs)[:limit]) else None
+
+
 def chat_rows(examples: Sequence[RagExample], *, correct_only: bool = False) -> list[dict]:
     """Each RAG row as the doc-first chat turn its self-target was answered in (gold passage only).
 
