@@ -559,15 +559,23 @@ def test_data_build_v2_sources_symmetric_instructions_and_rag_rows(tmp_path):
     assert not dev_questions & {example.question for example in rag}
 
 
-def test_adversarialqa_rag_rows_are_parsed_from_t0_and_kept_apart_from_squad_dev(tmp_path):
+# unique questions in t0_train_50k's templates: AdversarialQA 600, Quoref 200 (its ten QA templates share them)
+@pytest.mark.parametrize(("source", "at_least"), [("adversarialqa", 500), ("quoref", 190)])
+def test_extractive_qa_rag_rows_are_parsed_from_t0_and_kept_apart_from_squad_dev(tmp_path, source, at_least):
     from gritkit.training.build import build_training_mix
     from gritkit.training.data import read_rag_data
 
-    counts = build_training_mix(tmp_path, sources=["rag-adversarialqa"])
-    rag = read_rag_data([tmp_path / "rag" / "adversarialqa.jsonl"])
-    assert counts["rag-adversarialqa"] == len(rag) > 500  # 600 unique questions in t0_train_50k's templates
+    counts = build_training_mix(tmp_path, sources=[f"rag-{source}"])
+    rag = read_rag_data([tmp_path / "rag" / f"{source}.jsonl"])
+    assert counts[f"rag-{source}"] == len(rag) > at_least
     assert all(e.answer in e.passages[0] and len(e.passages) == 2 for e in rag)
-    assert not any(e.question.startswith(("Question:", '"')) or "Context:" in e.question for e in rag)
+    assert all(e.passages[0] != e.passages[1] for e in rag)
+    template_words = ("Context:", "using the article:", "based on the context below", "an answer for the question",
+                      "from the following article", "\n")
+    assert not any(e.question.startswith(("Question:", '"')) or any(w in e.question for w in template_words) for e in rag)
+    if source == "quoref":  # opt-in: a build that names no source is what it was before Quoref came
+        everything = build_training_mix(tmp_path / "all", max_per_source=1)
+        assert "rag-adversarialqa" in everything and "rag-quoref" not in everything
     squad = json.loads((data_dir() / "squad_v1_dev" / "dev-v1.1.json").read_text())
     squad_sentences = {s.strip() for a in squad["data"] for p in a["paragraphs"] for s in p["context"].split(". ")
                        if len(s) > 60}

@@ -277,7 +277,7 @@ def tydiqa_rag(root: Path, rng: random.Random) -> list[dict]:
     return rows
 
 
-# (question, context) as written by t0_train_50k's adversarial_qa templates; the answer is the completion
+# (question, context) as written by t0_train_50k's extractive QA templates (by template name); the answer is the completion
 ADVERSARIAL_QA_PATTERNS = {
     "based_on": re.compile(r"Extract the answer to the question from the following context\.\nQuestion: (?P<q>.+?)\n"
                            r"Context: (?P<c>.+)", re.S),
@@ -287,24 +287,47 @@ ADVERSARIAL_QA_PATTERNS = {
     "tell_what_it_is": re.compile(r'I know that the answer to the question "(?P<q>.+?)" is in "(?P<c>.+)"\. '
                                   r"Can you tell me what it is\?", re.S),
 }
+QUOREF_PATTERNS = {
+    "Answer_Friend_Question": re.compile(r"A friend asked me to answer this question: (?P<q>.+?), using the article: "
+                                         r"(?P<c>.+), what would be the answer \?", re.S),
+    "Answer_Question_Given_Context": re.compile(r"Given the following context:\n\n(?P<c>.+)\n\nanswer the following "
+                                                r"question:\n\n(?P<q>.+)", re.S),
+    "Answer_Test": re.compile(r"I have a test where I am given the following article, what is an answer for the "
+                              r"question: (?P<q>.+?) \?\n\n(?P<c>.+)", re.S),
+    "Context_Contains_Answer": re.compile(r"This article: (?P<c>.+) contains an answer for the question: (?P<q>.+?), "
+                                          r"what is it \?", re.S),
+    "Find_Answer": re.compile(r"The following article contains an answer for the question: (?P<q>.+?) , can you please "
+                              r"find it\? \n\n(?P<c>.+)", re.S),
+    "Found_Context_Online": re.compile(r"Found the following article online, use it to answer the question: "
+                                       r"(?P<q>.+?)\n\n(?P<c>.+)", re.S),
+    "Given_Context_Answer_Question": re.compile(r"(?P<q>.+?)\n\nAnswer the above question based on the context "
+                                                r"below:\n\n(?P<c>.+)", re.S),
+    "Guess_Answer": re.compile(r"The answer to the question: (?P<q>.+?) is inside the article: (?P<c>.+), can you "
+                               r"guess it \?", re.S),
+    "Read_And_Extract_": re.compile(r"Read the following paragraph and extract the answer for the question: "
+                                    r"(?P<q>.+?)\n\n(?P<c>.+)", re.S),
+    "What_Is_The_Answer": re.compile(r"What is the answer for the question: (?P<q>.+?) from the following article "
+                                     r"\?\n\n(?P<c>.+)", re.S),
+}
 
 
-def _adversarial_qa(root: Path) -> dict[tuple[str, str], str]:
-    """Unique (question, context) -> answer from the adversarial_qa templates of t0_train_50k."""
+def _t0_extractive_qa(root: Path, template_name: Callable[[str], str | None],
+                      patterns: dict[str, re.Pattern]) -> dict[tuple[str, str], str]:
+    """Unique (question, context) -> answer from the t0_train_50k templates that ``template_name`` maps to a pattern."""
     found = {}
     for row in _jsonl(root / "t0_train_50k" / "t0_train_50k.jsonl.gz"):
-        if not row["template"].startswith("adversarial_qa"):
-            continue
-        template = row["template"].split("_", 3)[-1]
-        if template in ADVERSARIAL_QA_PATTERNS and (match := ADVERSARIAL_QA_PATTERNS[template].fullmatch(row["prompt"].strip())):
+        pattern = patterns.get(template_name(row["template"]) or "")
+        if pattern and (match := pattern.fullmatch(row["prompt"].strip())):
             found[(match["q"].strip(), match["c"].strip())] = row["completion"].replace("<|endoftext|>", "").strip()
     return found
 
 
-def adversarialqa_rag(root: Path, rng: random.Random) -> list[dict]:
+def _extractive_rag(found: dict[tuple[str, str], str], root: Path, rng: random.Random) -> list[dict]:
+    """RAG rows (a window of the context around the answer, then a window of another context) from
+    (question, context) -> answer, dropping any context that is a paragraph of ``squad_v1_dev``."""
     squad = json.loads((root / "squad_v1_dev" / "dev-v1.1.json").read_text())
     held_out = {_normal(p["context"])[:200] for article in squad["data"] for p in article["paragraphs"]}
-    questions = [(q, c, a) for (q, c), a in sorted(_adversarial_qa(root).items())
+    questions = [(q, c, a) for (q, c), a in sorted(found.items())
                  if len(q.split()) >= 3 and a and len(a) <= 100 and a in c and _normal(c)[:200] not in held_out]
     contexts = sorted({c for _, c, _ in questions})
     rows = []
@@ -318,14 +341,30 @@ def adversarialqa_rag(root: Path, rng: random.Random) -> list[dict]:
     return rows
 
 
+def adversarialqa_rag(root: Path, rng: random.Random) -> list[dict]:
+    """AdversarialQA (SQuAD-style Wikipedia paragraphs, questions written to beat QA models) from its P3 templates."""
+    def name(template: str) -> str | None:  # adversarial_qa_dbert_based_on -> based_on
+        return template.split("_", 3)[-1] if template.startswith("adversarial_qa") else None
+    return _extractive_rag(_t0_extractive_qa(root, name, ADVERSARIAL_QA_PATTERNS), root, rng)
+
+
+def quoref_rag(root: Path, rng: random.Random) -> list[dict]:
+    """Quoref (long Wikipedia paragraphs, questions that need coreference: "the first name of the person who...")."""
+    def name(template: str) -> str | None:
+        return template.removeprefix("quoref_") if template.startswith("quoref_") else None
+    return _extractive_rag(_t0_extractive_qa(root, name, QUOREF_PATTERNS), root, rng)
+
+
 EMBEDDING_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "medquad": medquad, "twentynewsgroups": twentynewsgroups, "tydiqa": tydiqa, "wikiqa": wikiqa,
     "flickr8k": flickr8k, "banking77": banking77, "nli": nli, "stsb": stsb,
     "stsb_scored": stsb_scored, "qqp": qqp}
 GENERATIVE_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "t0": t0, "flan_cot": flan_cot, "gsm8k": gsm8k, "selfinstruct": selfinstruct}
-RAG_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {"tydiqa": tydiqa_rag,
-                                                                     "adversarialqa": adversarialqa_rag}
+RAG_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
+    "tydiqa": tydiqa_rag, "adversarialqa": adversarialqa_rag, "quoref": quoref_rag}
+# built only when named, so a mix built without --source is what it was before they were added
+OPT_IN_SOURCES = {"rag-quoref"}
 
 
 def build_training_mix(output_dir: str | Path, *, source_dir: str | Path | None = None,
@@ -346,7 +385,7 @@ def build_training_mix(output_dir: str | Path, *, source_dir: str | Path | None 
         raise ValueError(f"unknown source(s) {sorted(unknown)}; choose from {sorted(chosen)}")
     counts = {}
     for name, (kind, read) in chosen.items():
-        if sources and name not in sources:
+        if (sources and name not in sources) or (not sources and name in OPT_IN_SOURCES):
             continue
         rng = random.Random(f"{seed}-{name}")
         rows = read(root, rng)
