@@ -12,6 +12,8 @@ if [ -f $tydi.progress ]; then
 else rm -f $tydi; fi
 grep -v "it/s\]$" $STAGE/self.log | tail -2 | tee $STAGE/prepare.txt
 cp data/gritsmol-v6-self/rag/adversarialqa.jsonl data/gritsmol-v10-self/rag/
+# Quoref's targets where they were written (stage 15 on, recipes/device/README.md)
+if [ -f data/gritsmol-v6-self/rag/quoref.jsonl ]; then cp data/gritsmol-v6-self/rag/quoref.jsonl data/gritsmol-v10-self/rag/; fi
 $PYTHON -m gritkit data rag-chat data/gritsmol-v10-self/rag/*.jsonl --correct-only --output $STAGE/rag_chat.jsonl
 # the first 400 (AdversarialQA's, then TyDi QA's): the chat stream stays about half general chat, as in stage 9
 mkdir -p data/gritsmol-v10-selfchat/generative && head -n 400 $STAGE/rag_chat.jsonl > data/gritsmol-v10-selfchat/generative/rag_chat.jsonl
