@@ -112,12 +112,14 @@ fi
 # Stage 12: no training. Stage 10 (the GPU stage) moved every open target of issue 11; with no GPU, extrapolate
 # the adapter one more such step: ΔW10 + 1.0·(ΔW10 − ΔW7) (gritkit extrapolate-adapter, docs/training.md).
 # Both stages come from the commits that shipped them: STEPS=stage12 recipes/gritsmol_v2.sh (~1 min)
+stage_from_git() {  # stage_from_git N COMMIT: the adapter shipped as stage N at COMMIT, into runs/gritsmol-v2-stageN
+  local folder=runs/gritsmol-v2-stage$1
+  [ -f $folder/adapter_config.json ] ||
+    { mkdir -p $folder && git archive $2 gritkit/adapters/gritsmol | tar -x --strip-components=3 -C $folder; }
+}
 if [[ $steps == *stage12* ]]; then
-  for stage_commit in 7:74c579c 10:de73661; do
-    folder=runs/gritsmol-v2-stage${stage_commit%:*}
-    [ -f $folder/adapter_config.json ] ||
-      { mkdir -p $folder && git archive ${stage_commit#*:} gritkit/adapters/gritsmol | tar -x --strip-components=3 -C $folder; }
-  done
+  stage_from_git 7 74c579c
+  stage_from_git 10 de73661
   [ -f runs/gritsmol-v2-extrap1/adapter_config.json ] || gritkit extrapolate-adapter runs/gritsmol-v2-stage10 \
     runs/gritsmol-v2-extrap1 --from runs/gritsmol-v2-stage7 --weight 1.0                                                    # 12
 fi
@@ -134,8 +136,7 @@ fi
 if [[ $steps == *stage14* ]]; then
   stage13=runs/gritsmol-v2-rag-gpu13-gold-distill
   [ -f $stage13/adapter_config.json ] || { echo "stage 13 first: recipes/device/README.md" >&2; exit 1; }
-  [ -f runs/gritsmol-v2-stage12/adapter_config.json ] ||
-    { mkdir -p runs/gritsmol-v2-stage12 && git archive c59968f gritkit/adapters/gritsmol | tar -x --strip-components=3 -C runs/gritsmol-v2-stage12; }
+  stage_from_git 12 c59968f
   [ -f runs/gritsmol-v2-extrap13/adapter_config.json ] || gritkit extrapolate-adapter $stage13 \
     runs/gritsmol-v2-extrap13 --from runs/gritsmol-v2-stage12 --weight 1.0                                                  # 14
 fi

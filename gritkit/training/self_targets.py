@@ -76,10 +76,11 @@ def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str |
     if batch_size < 1 or max_new_tokens < 1 or (max_answer_words is not None and max_answer_words < 1):
         raise ValueError("batch_size, max_new_tokens and max_answer_words must be >= 1")
     examples = read_rag_data(inputs)[:limit]
-    output, progress = Path(output), Path(f"{output}.progress")
-    if output.is_file() and not progress.is_file():
+    output, progress = Path(output), _progress_path(output)
+    done = _read_progress(output)
+    if output.is_file() and done is None:
         raise FileExistsError(f"{output} exists and is not a self-targets run to resume: remove it or pick another path")
-    done = json.loads(progress.read_text()) if progress.is_file() else {"rows": 0, "kept": 0, "bytes": 0}
+    done = done or {"rows": 0, "kept": 0, "bytes": 0}
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "ab") as sink:
         sink.truncate(done["bytes"])  # drops a batch half-written when the last run was killed
@@ -102,11 +103,20 @@ def write_self_targets(grit: GritLM, inputs: Sequence[str | Path], output: str |
 def finished_counts(inputs: Sequence[str | Path], output: str | Path, *, limit: int | None = None) -> dict[str, int] | None:
     """The counts of :func:`write_self_targets` if its run at ``output`` over ``inputs`` has answered every row,
     else None, read without a model (a finished run's ``.progress`` file stays, so a rerun costs no model load)."""
-    output, progress = Path(output), Path(f"{output}.progress")
-    if not (output.is_file() and progress.is_file()):
+    done = _read_progress(output)
+    if not (Path(output).is_file() and done):
         return None
-    done = json.loads(progress.read_text())
     return {"rows": done["rows"], "kept": done["kept"]} if done["rows"] >= len(read_rag_data(inputs)[:limit]) else None
+
+
+def _progress_path(output: str | Path) -> Path:
+    return Path(f"{output}.progress")
+
+
+def _read_progress(output: str | Path) -> dict[str, int] | None:
+    """What a self-targets run at ``output`` has made final (rows, kept, bytes), or None if none ran there."""
+    progress = _progress_path(output)
+    return json.loads(progress.read_text()) if progress.is_file() else None
 
 
 def chat_rows(examples: Sequence[RagExample], *, correct_only: bool = False) -> list[dict]:
