@@ -12,6 +12,7 @@
 #   STEPS=stage12 recipes/gritsmol_v2.sh # stage 12: stage 10 extrapolated past itself, away from stage 7 (no training)
 #   STEPS="stage12 extrap2" recipes/gritsmol_v2.sh  # and two such steps (measured, not shipped)
 #   STEPS=stage14 recipes/gritsmol_v2.sh # stage 14: stage 13 (GPU) extrapolated past itself, away from stage 12
+#   STEPS=stage15c recipes/gritsmol_v2.sh # stage 15c: SQuAD-style RAG targets on the CPU, on top of stage 12
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 {  # bash reads the whole block before running it, so editing this file mid-run cannot change the run
 set -euo pipefail
@@ -139,6 +140,27 @@ if [[ $steps == *stage14* ]]; then
   stage_from_git 12 c59968f
   [ -f runs/gritsmol-v2-extrap13/adapter_config.json ] || gritkit extrapolate-adapter $stage13 \
     runs/gritsmol-v2-extrap13 --from runs/gritsmol-v2-stage12 --weight 1.0                                                  # 14
+fi
+
+# Stage 15c (recipes/gritsmol_v2_rag_quoref_cpu.yaml; measured, docs/gritsmol.md): stage 15's SQuAD-style
+# sources (AdversarialQA, Quoref) at stage 8's CPU scale on top of the shipped stage 12, which writes every target.
+# STEPS=stage15c recipes/gritsmol_v2.sh (~20 min of targets where none exist, ~40 min of training)
+if [[ $steps == *stage15c* ]]; then
+  build_stage_mixes
+  self=data/gritsmol-v6-self/rag v15=data/gritsmol-v15c-self/rag
+  [ -f data/gritsmol-v5-src/rag/quoref.jsonl ] ||
+    gritkit data build data/gritsmol-v5-src --source rag-adversarialqa --source rag-quoref
+  for source in adversarialqa quoref; do
+    [ -f $self/$source.jsonl ] && [ ! -f $self/$source.jsonl.progress ] || gritkit data self-targets \
+      data/gritsmol-v5-src/rag/$source.jsonl --output $self/$source.jsonl --keep all --max-answer-words 16 --batch-size 16 --max-new-tokens 48
+  done
+  [ -f data/gritsmol-v6-tydi/mix.json ] || gritkit data build data/gritsmol-v6-tydi --source rag-tydiqa --max-per-source 4000
+  mkdir -p $v15 data/gritsmol-v15c-selfchat/generative
+  gritkit data self-targets data/gritsmol-v6-tydi/rag/tydiqa.jsonl --output $v15/tydiqa.jsonl \
+    --max-answer-words 16 --batch-size 16 --max-new-tokens 48 --limit 400
+  cp $self/adversarialqa.jsonl $self/quoref.jsonl $v15/
+  gritkit data rag-chat $v15/*.jsonl --correct-only --output data/gritsmol-v15c-selfchat/generative/rag_chat.jsonl
+  [ -f runs/gritsmol-v2-rag-quoref-cpu/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_quoref_cpu.yaml --resume  # 15c
 fi
 
 evaluate() {  # name model suite tasks limit
