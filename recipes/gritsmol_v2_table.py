@@ -21,7 +21,9 @@ default-generative-100.json); and stage 12, stage 10 extrapolated one more step 
 stage 12 + 178 steps of stage 10's recipe on a lent GPU on stage 12's own self-targets, measured and not shipped
 (recipes/device/README.md, results/gritsmol-v2-rag-gpu13; its gold + distill arm, and a `docs` arm beside it); and stage 14,
 stage 13 extrapolated one more step away from stage 12 without training, measured and not shipped (STEPS=stage14
-recipes/gritsmol_v2.sh, results/gritsmol-v2-extrap13). The earlier
+recipes/gritsmol_v2.sh, results/gritsmol-v2-extrap13); and stage 15c, stage 12 + CPU steps on SQuAD-style RAG targets
+(AdversarialQA, Quoref), RAG only, measured and not shipped (recipes/gritsmol_v2_rag_quoref_cpu.yaml,
+results/gritsmol-v2-rag-quoref-cpu). The earlier
 CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
 """
 
@@ -216,7 +218,11 @@ STAGE13_RAG = {"tydiqa": ("gritsmol-v2-rag-gpu13/gold-distill-rag-440-docs.json"
 STAGE14_RAG = {corpus: tuple(f"gritsmol-v2-extrap13/extrap13-rag-{corpus_file}-{part}.json" for part in parts)
                for corpus, corpus_file, parts in (("tydiqa", "440", ("docs", "query", "norag", "querydoc", "docquery")),
                                                   ("squad", "squad", ("docs", "query", "norag", "more")))}
+STAGE15C_RAG = {corpus: tuple(f"gritsmol-v2-rag-quoref-cpu/quoref-cpu-rag-{corpus_file}-{part}.json" for part in parts)
+                for corpus, corpus_file, parts in (("tydiqa", "440", ("docs", "query")), ("squad", "squad", ("docs", "query")))}
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
+    ("TyDi QA dev-en, all questions", "stage 15c (not shipped), frequency_penalty 0.5 (its default)", "tydiqa",
+     STAGE15C_RAG["tydiqa"]),
     ("TyDi QA dev-en, all questions", "stage 14 (not shipped), frequency_penalty 0.5 (its default)", "tydiqa", STAGE14_RAG["tydiqa"]),
     ("TyDi QA dev-en, all questions", "stage 13 (not shipped), frequency_penalty 0.5 (its default)", "tydiqa", STAGE13_RAG["tydiqa"]),
     ("TyDi QA dev-en, all questions", "stage 13's docs arm (not shipped), frequency_penalty 0.5", "tydiqa",
@@ -241,6 +247,8 @@ FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, mod
     ("SQuAD v1.1 dev, fixed sample", "stage 12 (shipped), frequency_penalty 0.5 (its default)", "squad", STAGE12_RAG["squad"]),
     ("SQuAD v1.1 dev, fixed sample", "stage 13 (not shipped), frequency_penalty 0.5 (its default)", "squad", STAGE13_RAG["squad"]),
     ("SQuAD v1.1 dev, fixed sample", "stage 14 (not shipped), frequency_penalty 0.5 (its default)", "squad", STAGE14_RAG["squad"]),
+    ("SQuAD v1.1 dev, fixed sample", "stage 15c (not shipped), frequency_penalty 0.5 (its default)", "squad",
+     STAGE15C_RAG["squad"]),
     ("SQuAD v1.1 dev, fixed sample", "stage 10, greedy", "squad",
      ("gritsmol-v2-rag-gpu/gold-distill-rag-squad-docs.json", "gritsmol-v2-rag-gpu/gold-distill-rag-squad-query.json")),
     ("SQuAD v1.1 dev, fixed sample", "stage 7", "squad",
