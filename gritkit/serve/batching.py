@@ -382,8 +382,9 @@ class GenerationWorker:
                 self._end(job)
 
     def _end(self, job: GenerationJob) -> None:
-        job.deliver(_DONE)
+        # free the place first: a client that has seen its stream end may submit again at once
         self.gate.release(job.tokens)
+        job.deliver(_DONE)
 
     def _loop(self) -> None:
         while True:
