@@ -206,20 +206,19 @@ def _v1_interval(task: str) -> tuple[float, float]:
     return wilson_interval(round(row["value"] * row["n"]), row["n"])
 
 
-STAGE12_RAG = {"tydiqa": ("gritsmol-v2-extrap/extrap1-rag-440-docs.json", "gritsmol-v2-extrap/extrap1-rag-440-query.json",
-                          "gritsmol-v2-extrap/extrap1-rag-440-norag.json", "gritsmol-v2-extrap/extrap1-rag-440-querydoc.json",
-                          "gritsmol-v2-extrap/extrap1-rag-440-docquery.json"),
-               "squad": ("gritsmol-v2-extrap/extrap1-rag-squad-docs.json", "gritsmol-v2-extrap/extrap1-rag-squad-query.json",
-                         "gritsmol-v2-extrap/extrap1-rag-squad-norag.json", "gritsmol-v2-extrap/extrap1-rag-squad-more.json")}
-STAGE13_RAG = {"tydiqa": ("gritsmol-v2-rag-gpu13/gold-distill-rag-440-docs.json", "gritsmol-v2-rag-gpu13/gold-distill-rag-440-query.json",
-                          "gritsmol-v2-rag-gpu13/gold-distill-rag-440-norag.json"),
-               "squad": ("gritsmol-v2-rag-gpu13/gold-distill-rag-squad-docs.json",
-                         "gritsmol-v2-rag-gpu13/gold-distill-rag-squad-query.json")}
-STAGE14_RAG = {corpus: tuple(f"gritsmol-v2-extrap13/extrap13-rag-{corpus_file}-{part}.json" for part in parts)
-               for corpus, corpus_file, parts in (("tydiqa", "440", ("docs", "query", "norag", "querydoc", "docquery")),
-                                                  ("squad", "squad", ("docs", "query", "norag", "more")))}
-STAGE15C_RAG = {corpus: tuple(f"gritsmol-v2-rag-quoref-cpu/quoref-cpu-rag-{corpus_file}-{part}.json" for part in parts)
-                for corpus, corpus_file, parts in (("tydiqa", "440", ("docs", "query")), ("squad", "squad", ("docs", "query")))}
+def split_rag(prefix: str, tydiqa: tuple[str, ...], squad: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """A stage's RAG files by corpus, ``{prefix}-rag-440-{part}.json`` and ``{prefix}-rag-squad-{part}.json``:
+    whole corpora, the modes split over several processes."""
+    return {"tydiqa": tuple(f"{prefix}-rag-440-{part}.json" for part in tydiqa),
+            "squad": tuple(f"{prefix}-rag-squad-{part}.json" for part in squad)}
+
+
+STAGE12_RAG = split_rag("gritsmol-v2-extrap/extrap1", ("docs", "query", "norag", "querydoc", "docquery"),
+                        ("docs", "query", "norag", "more"))
+STAGE13_RAG = split_rag("gritsmol-v2-rag-gpu13/gold-distill", ("docs", "query", "norag"), ("docs", "query"))
+STAGE14_RAG = split_rag("gritsmol-v2-extrap13/extrap13", ("docs", "query", "norag", "querydoc", "docquery"),
+                        ("docs", "query", "norag", "more"))
+STAGE15C_RAG = split_rag("gritsmol-v2-rag-quoref-cpu/quoref-cpu", ("docs", "query"), ("docs", "query"))
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
     ("TyDi QA dev-en, all questions", "stage 15c (not shipped), frequency_penalty 0.5 (its default)", "tydiqa",
      STAGE15C_RAG["tydiqa"]),
@@ -287,14 +286,8 @@ def full_rag_table() -> None:
     print("\nPaper column: GritLM-7B on Natural Questions, match; its uncached RAG row is 30.47.")
 
 
-STAGE10_GREEDY = {"tydiqa": ("gritsmol-v2-rag-gpu/gold-distill-rag-440-docs.json", "gritsmol-v2-rag-gpu/gold-distill-rag-440-query.json",
-                      "gritsmol-v2-rag-gpu/gold-distill-rag-440-more.json"),
-           "squad": ("gritsmol-v2-rag-gpu/gold-distill-rag-squad-docs.json",
-                     "gritsmol-v2-rag-gpu/gold-distill-rag-squad-query.json")}
-STAGE10_PENALISED = {"tydiqa": ("gritsmol-v2-rag-gpu/freq0.5-rag-440-docs.json", "gritsmol-v2-rag-gpu/freq0.5-rag-440-query.json"),
-                     "squad": ("gritsmol-v2-rag-gpu/freq0.5-rag-squad-docs.json",
-                               "gritsmol-v2-rag-gpu/freq0.5-rag-squad-query.json",
-                               "gritsmol-v2-rag-gpu/freq0.5-rag-squad-more.json")}
+STAGE10_GREEDY = split_rag("gritsmol-v2-rag-gpu/gold-distill", ("docs", "query", "more"), ("docs", "query"))
+STAGE10_PENALISED = split_rag("gritsmol-v2-rag-gpu/freq0.5", ("docs", "query"), ("docs", "query", "more"))
 NQ_OPEN = {"greedy": "gritsmol-v2-rag-gpu/gold-distill-generative-100.json",
            "frequency_penalty 0.5": "gritsmol-v2-rag-gpu/default-generative-100.json"}
 
