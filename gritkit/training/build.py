@@ -13,7 +13,9 @@ Generative sources (chat ``messages``): t0_train_50k, flan_cot, gsm8k train, sel
 RAG sources (``rag/<source>.jsonl``: question, passages with the gold one first, answer), for the
 cache-aware stream: tydiqa_goldp English train (gold paragraph cut to a window around the answer,
 a paragraph of another article as a distractor) and AdversarialQA questions parsed from t0_train_50k
-(SQuAD-style Wikipedia paragraphs; any paragraph that is also in squad_v1_dev is dropped).
+(SQuAD-style Wikipedia paragraphs; any paragraph that is also in squad_v1_dev is dropped); opt-in, Quoref
+questions likewise and ``reading``: locate-and-copy questions over all those paragraphs (what follows a
+phrase, or the sentence holding it).
 
 No row comes from an evaluation split; where a train split repeats a text of its test split
 (banking77 queries, 20 Newsgroups subjects, WikiQA and GSM8K questions) that train row is dropped too.
@@ -341,18 +343,66 @@ def _extractive_rag(found: dict[tuple[str, str], str], root: Path, rng: random.R
     return rows
 
 
+def _adversarial_qa_template(template: str) -> str | None:  # adversarial_qa_dbert_based_on -> based_on
+    return template.split("_", 3)[-1] if template.startswith("adversarial_qa") else None
+
+
+def _quoref_template(template: str) -> str | None:
+    return template.removeprefix("quoref_") if template.startswith("quoref_") else None
+
+
 def adversarialqa_rag(root: Path, rng: random.Random) -> list[dict]:
     """AdversarialQA (SQuAD-style Wikipedia paragraphs, questions written to beat QA models) from its P3 templates."""
-    def name(template: str) -> str | None:  # adversarial_qa_dbert_based_on -> based_on
-        return template.split("_", 3)[-1] if template.startswith("adversarial_qa") else None
-    return _extractive_rag(_t0_extractive_qa(root, name, ADVERSARIAL_QA_PATTERNS), root, rng)
+    return _extractive_rag(_t0_extractive_qa(root, _adversarial_qa_template, ADVERSARIAL_QA_PATTERNS), root, rng)
 
 
 def quoref_rag(root: Path, rng: random.Random) -> list[dict]:
     """Quoref (long Wikipedia paragraphs, questions that need coreference: "the first name of the person who...")."""
-    def name(template: str) -> str | None:
-        return template.removeprefix("quoref_") if template.startswith("quoref_") else None
-    return _extractive_rag(_t0_extractive_qa(root, name, QUOREF_PATTERNS), root, rng)
+    return _extractive_rag(_t0_extractive_qa(root, _quoref_template, QUOREF_PATTERNS), root, rng)
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+
+
+def _reading_task(window: str, distractor: str, rng: random.Random) -> dict | None:
+    """One question only the window answers: what follows a 3-word phrase of it (1-4 words), or the
+    sentence holding a 3-word phrase of it, word for word. The phrase occurs once in the window and not
+    in the distractor, so the answer is a copy from one place of the gold passage."""
+    # whole sentences only: "Adam J." or a list without a full stop is no sentence end
+    sentences = [s for s in SENTENCE_END.split(window) if 8 <= len(s.split()) <= 40 and re.search(r"\w{3}[.!?]$", s)]
+    if not sentences:
+        return None
+    words = rng.choice(sentences).split()
+    at = rng.randint(3, len(words) - 1)
+    phrase = " ".join(words[at - 3:at])
+    if window.count(phrase) != 1 or phrase in distractor:
+        return None
+    if rng.random() < 0.5:
+        answer = " ".join(words[at:at + rng.randint(1, 4)]).rstrip(".,;:!?")
+        question = f'In the passage, which words come right after "{phrase}"?'
+    else:
+        answer = " ".join(words)
+        question = f'Quote the sentence of the passage that contains "{phrase}".'
+    return {"question": question, "passages": [window, distractor], "answer": answer} if answer else None
+
+
+def reading_rag(root: Path, rng: random.Random) -> list[dict]:
+    """Locate-and-copy questions over the paragraphs of the RAG sources (TyDi QA train, AdversarialQA,
+    Quoref): many copied tokens per passage, to sharpen reading from a cached passage's states."""
+    squad = json.loads((root / "squad_v1_dev" / "dev-v1.1.json").read_text())
+    held_out = {_normal(p["context"])[:200] for article in squad["data"] for p in article["paragraphs"]}
+    tydiqa = json.loads((root / "tydiqa_goldp" / "train" / "tydiqa.goldp.en.train.json").read_text())
+    contexts = {p["context"] for article in tydiqa["data"] for p in article["paragraphs"]}
+    for template, patterns in ((_adversarial_qa_template, ADVERSARIAL_QA_PATTERNS), (_quoref_template, QUOREF_PATTERNS)):
+        contexts |= {c for _, c in _t0_extractive_qa(root, template, patterns)}
+    contexts = sorted(c for c in contexts if _normal(c)[:200] not in held_out)
+    rows = []
+    for context in contexts:
+        window = _answer_window(context, rng.randrange(len(context)), "", rng)
+        distractor = _answer_window(rng.choice(contexts), 0, "", rng)
+        if distractor != window and (row := _reading_task(window, distractor, rng)):
+            rows.append(row)
+    return rows
 
 
 EMBEDDING_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
@@ -362,9 +412,9 @@ EMBEDDING_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
 GENERATIVE_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
     "t0": t0, "flan_cot": flan_cot, "gsm8k": gsm8k, "selfinstruct": selfinstruct}
 RAG_SOURCES: dict[str, Callable[[Path, random.Random], list[dict]]] = {
-    "tydiqa": tydiqa_rag, "adversarialqa": adversarialqa_rag, "quoref": quoref_rag}
+    "tydiqa": tydiqa_rag, "adversarialqa": adversarialqa_rag, "quoref": quoref_rag, "reading": reading_rag}
 # built only when named, so a mix built without --source is what it was before they were added
-OPT_IN_SOURCES = {"rag-quoref"}
+OPT_IN_SOURCES = {"rag-quoref", "rag-reading"}
 
 
 def build_training_mix(output_dir: str | Path, *, source_dir: str | Path | None = None,
