@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -576,6 +577,33 @@ def test_extractive_qa_rag_rows_are_parsed_from_t0_and_kept_apart_from_squad_dev
     if source == "quoref":  # opt-in: a build that names no source is what it was before Quoref came
         everything = build_training_mix(tmp_path / "all", max_per_source=1)
         assert "rag-adversarialqa" in everything and "rag-quoref" not in everything
+    squad = json.loads((data_dir() / "squad_v1_dev" / "dev-v1.1.json").read_text())
+    squad_sentences = {s.strip() for a in squad["data"] for p in a["paragraphs"] for s in p["context"].split(". ")
+                       if len(s) > 60}
+    assert not squad_sentences & {s.strip() for e in rag for s in e.passages[0].split(". ")}
+
+
+def test_reading_rag_rows_copy_their_answer_from_one_place_of_the_gold_passage(tmp_path):
+    from gritkit.training.build import build_training_mix
+    from gritkit.training.data import read_rag_data
+
+    assert "rag-reading" not in build_training_mix(tmp_path / "all", max_per_source=1)  # opt-in
+    counts = build_training_mix(tmp_path, sources=["rag-reading"], max_per_source=400)
+    rag = read_rag_data([tmp_path / "rag" / "reading.jsonl"])
+    assert counts["rag-reading"] == len(rag) == 400
+    kinds = Counter()
+    for e in rag:
+        phrase = re.fullmatch(r'(?:In the passage, which words come right after|Quote the sentence of the passage that contains) '
+                              r'"(.+)"[?.]', e.question)[1]
+        gold, distractor = e.passages
+        assert len(phrase.split()) == 3 and gold.count(phrase) == 1 and phrase not in distractor
+        if e.question.startswith("Quote the sentence"):
+            kinds["quote"] += 1
+            assert phrase in e.answer and e.answer in gold and e.answer[-1] in ".!?"
+        else:
+            kinds["next"] += 1
+            assert f"{phrase} {e.answer}" in gold and 1 <= len(e.answer.split()) <= 4
+    assert min(kinds.values()) > 150
     squad = json.loads((data_dir() / "squad_v1_dev" / "dev-v1.1.json").read_text())
     squad_sentences = {s.strip() for a in squad["data"] for p in a["paragraphs"] for s in p["context"].split(". ")
                        if len(s) > 60}

@@ -383,7 +383,10 @@ def _reading_task(window: str, distractor: str, rng: random.Random) -> dict | No
     else:
         answer = " ".join(words)
         question = f'Quote the sentence of the passage that contains "{phrase}".'
-    return {"question": question, "passages": [window, distractor], "answer": answer} if answer else None
+    copied = answer if question.startswith("Quote") else f"{phrase} {answer}"
+    if not answer or copied not in window:  # a sentence broken by a double space or a newline is not copied as written
+        return None
+    return {"question": question, "passages": [window, distractor], "answer": answer}
 
 
 def reading_rag(root: Path, rng: random.Random) -> list[dict]:
