@@ -324,11 +324,16 @@ def _t0_extractive_qa(root: Path, template_name: Callable[[str], str | None],
     return found
 
 
+def _squad_dev_paragraphs(root: Path) -> set[str]:
+    """The start of every squad_v1_dev paragraph, normalised: no RAG source may train on them."""
+    squad = json.loads((root / "squad_v1_dev" / "dev-v1.1.json").read_text())
+    return {_normal(p["context"])[:200] for article in squad["data"] for p in article["paragraphs"]}
+
+
 def _extractive_rag(found: dict[tuple[str, str], str], root: Path, rng: random.Random) -> list[dict]:
     """RAG rows (a window of the context around the answer, then a window of another context) from
     (question, context) -> answer, dropping any context that is a paragraph of ``squad_v1_dev``."""
-    squad = json.loads((root / "squad_v1_dev" / "dev-v1.1.json").read_text())
-    held_out = {_normal(p["context"])[:200] for article in squad["data"] for p in article["paragraphs"]}
+    held_out = _squad_dev_paragraphs(root)
     questions = [(q, c, a) for (q, c), a in sorted(found.items())
                  if len(q.split()) >= 3 and a and len(a) <= 100 and a in c and _normal(c)[:200] not in held_out]
     contexts = sorted({c for _, c, _ in questions})
@@ -392,8 +397,7 @@ def _reading_task(window: str, distractor: str, rng: random.Random) -> dict | No
 def reading_rag(root: Path, rng: random.Random) -> list[dict]:
     """Locate-and-copy questions over the paragraphs of the RAG sources (TyDi QA train, AdversarialQA,
     Quoref): many copied tokens per passage, to sharpen reading from a cached passage's states."""
-    squad = json.loads((root / "squad_v1_dev" / "dev-v1.1.json").read_text())
-    held_out = {_normal(p["context"])[:200] for article in squad["data"] for p in article["paragraphs"]}
+    held_out = _squad_dev_paragraphs(root)
     tydiqa = json.loads((root / "tydiqa_goldp" / "train" / "tydiqa.goldp.en.train.json").read_text())
     contexts = {p["context"] for article in tydiqa["data"] for p in article["paragraphs"]}
     for template, patterns in ((_adversarial_qa_template, ADVERSARIAL_QA_PATTERNS), (_quoref_template, QUOREF_PATTERNS)):
