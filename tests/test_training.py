@@ -560,6 +560,12 @@ def test_data_build_v2_sources_symmetric_instructions_and_rag_rows(tmp_path):
     assert not dev_questions & {example.question for example in rag}
 
 
+def squad_dev_sentences() -> set[str]:
+    """squad_v1_dev's longer sentences: a RAG source that holds one trains on the SQuAD evaluation."""
+    squad = json.loads((data_dir() / "squad_v1_dev" / "dev-v1.1.json").read_text())
+    return {s.strip() for a in squad["data"] for p in a["paragraphs"] for s in p["context"].split(". ") if len(s) > 60}
+
+
 # unique questions in t0_train_50k's templates: AdversarialQA 600, Quoref 200 (its ten QA templates share them)
 @pytest.mark.parametrize(("source", "at_least"), [("adversarialqa", 500), ("quoref", 190)])
 def test_extractive_qa_rag_rows_are_parsed_from_t0_and_kept_apart_from_squad_dev(tmp_path, source, at_least):
@@ -577,10 +583,7 @@ def test_extractive_qa_rag_rows_are_parsed_from_t0_and_kept_apart_from_squad_dev
     if source == "quoref":  # opt-in: a build that names no source is what it was before Quoref came
         everything = build_training_mix(tmp_path / "all", max_per_source=1)
         assert "rag-adversarialqa" in everything and "rag-quoref" not in everything
-    squad = json.loads((data_dir() / "squad_v1_dev" / "dev-v1.1.json").read_text())
-    squad_sentences = {s.strip() for a in squad["data"] for p in a["paragraphs"] for s in p["context"].split(". ")
-                       if len(s) > 60}
-    assert not squad_sentences & {s.strip() for e in rag for s in e.passages[0].split(". ")}
+    assert not squad_dev_sentences() & {s.strip() for e in rag for s in e.passages[0].split(". ")}
 
 
 def test_reading_rag_rows_copy_their_answer_from_one_place_of_the_gold_passage(tmp_path):
@@ -604,10 +607,7 @@ def test_reading_rag_rows_copy_their_answer_from_one_place_of_the_gold_passage(t
             kinds["next"] += 1
             assert f"{phrase} {e.answer}" in gold and 1 <= len(e.answer.split()) <= 4
     assert min(kinds.values()) > 150
-    squad = json.loads((data_dir() / "squad_v1_dev" / "dev-v1.1.json").read_text())
-    squad_sentences = {s.strip() for a in squad["data"] for p in a["paragraphs"] for s in p["context"].split(". ")
-                       if len(s) > 60}
-    assert not squad_sentences & {s.strip() for e in rag for s in e.passages[0].split(". ")}
+    assert not squad_dev_sentences() & {s.strip() for e in rag for s in e.passages[0].split(". ")}
 
 
 def test_info_nce_groups_drop_same_group_positives_from_the_negatives():

@@ -324,18 +324,19 @@ def _t0_extractive_qa(root: Path, template_name: Callable[[str], str | None],
     return found
 
 
-def _squad_dev_paragraphs(root: Path) -> set[str]:
-    """The start of every squad_v1_dev paragraph, normalised: no RAG source may train on them."""
+def _not_squad_dev(root: Path) -> Callable[[str], bool]:
+    """Whether a paragraph is not one of squad_v1_dev's (by its normalised start): no RAG source may train on them."""
     squad = json.loads((root / "squad_v1_dev" / "dev-v1.1.json").read_text())
-    return {_normal(p["context"])[:200] for article in squad["data"] for p in article["paragraphs"]}
+    held_out = {_normal(p["context"])[:200] for article in squad["data"] for p in article["paragraphs"]}
+    return lambda paragraph: _normal(paragraph)[:200] not in held_out
 
 
 def _extractive_rag(found: dict[tuple[str, str], str], root: Path, rng: random.Random) -> list[dict]:
     """RAG rows (a window of the context around the answer, then a window of another context) from
     (question, context) -> answer, dropping any context that is a paragraph of ``squad_v1_dev``."""
-    held_out = _squad_dev_paragraphs(root)
+    not_squad_dev = _not_squad_dev(root)
     questions = [(q, c, a) for (q, c), a in sorted(found.items())
-                 if len(q.split()) >= 3 and a and len(a) <= 100 and a in c and _normal(c)[:200] not in held_out]
+                 if len(q.split()) >= 3 and a and len(a) <= 100 and a in c and not_squad_dev(c)]
     contexts = sorted({c for _, c, _ in questions})
     rows = []
     for question, context, answer in questions:
@@ -384,11 +385,10 @@ def _reading_task(window: str, distractor: str, rng: random.Random) -> dict | No
         return None
     if rng.random() < 0.5:
         answer = " ".join(words[at:at + rng.randint(1, 4)]).rstrip(".,;:!?")
-        question = f'In the passage, which words come right after "{phrase}"?'
+        question, copied = f'In the passage, which words come right after "{phrase}"?', f"{phrase} {answer}"
     else:
-        answer = " ".join(words)
+        answer = copied = " ".join(words)
         question = f'Quote the sentence of the passage that contains "{phrase}".'
-    copied = answer if question.startswith("Quote") else f"{phrase} {answer}"
     if not answer or copied not in window:  # a sentence broken by a double space or a newline is not copied as written
         return None
     return {"question": question, "passages": [window, distractor], "answer": answer}
@@ -397,12 +397,11 @@ def _reading_task(window: str, distractor: str, rng: random.Random) -> dict | No
 def reading_rag(root: Path, rng: random.Random) -> list[dict]:
     """Locate-and-copy questions over the paragraphs of the RAG sources (TyDi QA train, AdversarialQA,
     Quoref): many copied tokens per passage, to sharpen reading from a cached passage's states."""
-    held_out = _squad_dev_paragraphs(root)
     tydiqa = json.loads((root / "tydiqa_goldp" / "train" / "tydiqa.goldp.en.train.json").read_text())
     contexts = {p["context"] for article in tydiqa["data"] for p in article["paragraphs"]}
     for template, patterns in ((_adversarial_qa_template, ADVERSARIAL_QA_PATTERNS), (_quoref_template, QUOREF_PATTERNS)):
         contexts |= {c for _, c in _t0_extractive_qa(root, template, patterns)}
-    contexts = sorted(c for c in contexts if _normal(c)[:200] not in held_out)
+    contexts = sorted(filter(_not_squad_dev(root), contexts))
     rows = []
     for context in contexts:
         window = _answer_window(context, rng.randrange(len(context)), "", rng)
