@@ -14,6 +14,7 @@
 #   STEPS=stage14 recipes/gritsmol_v2.sh # stage 14: stage 13 (GPU) extrapolated past itself, away from stage 12
 #   STEPS=stage15c recipes/gritsmol_v2.sh # stage 15c: SQuAD-style RAG targets on the CPU, on top of stage 12
 #   STEPS="stage15c stage16c" recipes/gritsmol_v2.sh # stage 16c: stage 15c plus locate-and-copy questions
+#   STEPS="stage15c stage17c" recipes/gritsmol_v2.sh # stage 17c: stage 15c plus hidden-state distillation
 #   OUT=results/x MODELS="x=runs/x" SUITES="sts-full" RAG_CORPORA="tydiqa squad" STEPS="eval rag" recipes/gritsmol_v2.sh
 {  # bash reads the whole block before running it, so editing this file mid-run cannot change the run
 set -euo pipefail
@@ -168,6 +169,11 @@ fi
 if [[ $steps == *stage16c* ]]; then
   [ -f data/gritsmol-v16c-src/mix.json ] || gritkit data build data/gritsmol-v16c-src --source rag-reading --max-per-source 880
   [ -f runs/gritsmol-v2-rag-reading-cpu/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_reading_cpu.yaml --resume  # 16c
+fi
+
+# STEPS="stage15c stage17c" recipes/gritsmol_v2.sh (stage 15c's data, then ~40 min of training)
+if [[ $steps == *stage17c* ]]; then
+  [ -f runs/gritsmol-v2-rag-hidden-cpu/adapter_config.json ] || gritkit train recipes/gritsmol_v2_rag_hidden_cpu.yaml --resume  # 17c
 fi
 
 evaluate() {  # name model suite tasks limit

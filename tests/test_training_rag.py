@@ -115,6 +115,43 @@ def test_distillation_is_zero_when_student_and_teacher_see_the_same_text(tiny_mo
     assert both > rag_loss(student, inputs.answer_ids, "gold")
 
 
+@pytest.mark.parametrize("mode", ["doc", "query", "query_doc", "doc_query"])
+def test_the_shared_tail_is_the_same_tokens_in_the_cached_and_uncached_runs(tiny_model, mode):
+    grit = tiny_model("llama")
+    passages = ["Ada wrote it.", "The river flows north."]
+    inputs = layout(grit, RagExample("Who wrote it?", passages, "Ada"), mode, passages, 64)
+    cached, uncached = inputs.prompt_ids + inputs.answer_ids, inputs.uncached_prompt_ids + inputs.answer_ids
+    n = inputs.shared_length
+    assert n > len(inputs.answer_ids) and cached[-n:] == uncached[-n:] and cached[-n - 1] != uncached[-n - 1]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "mistral"])
+def test_hidden_states_of_the_shared_tail_are_those_of_each_question_alone(tiny_model, architecture):
+    grit = tiny_model(architecture)
+    batch = _mixed_batch(grit)
+    with torch.no_grad():
+        for outputs in (rag_stream.answer_outputs, rag_stream.uncached_answer_outputs):
+            batched = outputs(grit, batch, hidden=True).hidden
+            for inputs, rows in zip(batch, batched):
+                (alone,) = outputs(grit, [inputs], hidden=True).hidden
+                assert rows.shape == (grit.config.num_hidden_layers, inputs.shared_length, grit.config.hidden_size)
+                torch.testing.assert_close(rows, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_the_hidden_state_loss_is_zero_on_the_same_text_and_trains_the_cached_run(tiny_model):
+    grit = tiny_model("llama")
+    inputs = layout(grit, RagExample("Who?", ["Ada wrote it."], "Ada"), "doc", ["Ada wrote it."], 64)
+    (teacher,) = rag_stream.uncached_answer_outputs(grit, [inputs], hidden=True).hidden
+    assert rag_stream.hidden_loss(teacher, teacher).item() == 0.0
+    (student,) = rag_stream.answer_outputs(grit, [inputs], hidden=True).hidden
+    loss = rag_stream.hidden_loss(student, teacher)
+    assert loss > 0
+    (grad,) = torch.autograd.grad(loss, grit.model.get_input_embeddings().weight)
+    passage_only = set(grit.tokenizer("Ada wrote it.", add_special_tokens=False)["input_ids"]) - set(
+        inputs.prompt_ids + inputs.answer_ids)
+    assert passage_only and all(grad[token].abs().sum() > 0 for token in passage_only)
+
+
 def test_draw_keeps_the_gold_passage_and_is_seeded(tiny_model):
     grit = tiny_model("llama")
     examples = [RagExample(f"q{i}", [f"gold {i}", f"distractor {i}"], f"a{i}") for i in range(4)]
@@ -132,8 +169,9 @@ def test_malformed_rag_rows_are_reported(tmp_path):
         read_rag_data([path])
 
 
-@pytest.mark.parametrize("target,teacher", [("gold", "live"), ("distill", "frozen")])
-def test_unified_training_with_the_rag_stream_logs_its_loss(tiny_model, tmp_path, target, teacher):
+@pytest.mark.parametrize("target,teacher,hidden", [("gold", "live", 0.0), ("distill", "frozen", 0.0),
+                                                   ("gold+distill", "frozen", 2.0)])
+def test_unified_training_with_the_rag_stream_logs_its_loss(tiny_model, tmp_path, target, teacher, hidden):
     grit = tiny_model("llama")
     base = tmp_path / "base"
     grit.save_pretrained(base)
@@ -145,7 +183,8 @@ def test_unified_training_with_the_rag_stream_logs_its_loss(tiny_model, tmp_path
     config = TrainingConfig(model=str(base), embedding_data=[str(tmp_path / "emb.jsonl")],
                             generative_data=[str(tmp_path / "gen.jsonl")], rag_data=[str(tmp_path / "rag.jsonl")],
                             max_steps=2, embedding_batch_size=2, generative_batch_size=2, rag_batch_size=2,
-                            rag_target=target, rag_teacher=teacher, output_dir=str(tmp_path / "run"), checkpoint_every=0)
+                            rag_target=target, rag_teacher=teacher, rag_hidden_weight=hidden,
+                            output_dir=str(tmp_path / "run"), checkpoint_every=0)
     history = train(config)
     assert [row["step"] for row in history] == [1, 2]
     assert all(np.isfinite(row["loss_rag"]) and row["loss_rag"] > 0 for row in history)
@@ -159,6 +198,8 @@ def test_rag_options_are_checked():
         TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_target="kl").validate()
     with pytest.raises(ValueError, match="rag_teacher"):
         TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_teacher="ema").validate()
+    with pytest.raises(ValueError, match="rag_hidden_weight"):
+        TrainingConfig(embedding_data=["x"], generative_data=["y"], rag_target="gold", rag_hidden_weight=1.0).validate()
 
 
 SELF_ROWS = [

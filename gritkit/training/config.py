@@ -67,6 +67,9 @@ class TrainingConfig:
                                                # frozen = a copy of the model as training started (one more copy in memory)
     rag_passage_max_length: int = 256          # tokens per cached passage (embedding prompt included)
     rag_loss_weight: float = 1.0
+    rag_hidden_weight: float = 0.0             # > 0 adds this times the relative squared error of the cached run's hidden
+                                               # states (every layer) to the teacher's uncached ones, on the tokens both
+                                               # runs share (the prompt's common tail and the answer); needs distill
 
     # --- optimisation
     learning_rate: float = 1e-4                # 1e-4 suits LoRA; use ~2e-5 for full fine-tuning (GritLM)
@@ -115,6 +118,9 @@ class TrainingConfig:
             raise ValueError(f"rag_target must be one of {get_args(RagTarget)}, not {self.rag_target!r}")
         if self.rag_teacher not in get_args(RagTeacher):
             raise ValueError(f"rag_teacher must be one of {get_args(RagTeacher)}, not {self.rag_teacher!r}")
+        if self.rag_hidden_weight < 0 or (self.rag_hidden_weight > 0 and "distill" not in self.rag_target):
+            raise ValueError(f"rag_hidden_weight must be >= 0, and > 0 only with a distill rag_target "
+                             f"(its teacher), not {self.rag_hidden_weight} with {self.rag_target!r}")
         unknown = [m for m in self.rag_cache_modes if m not in RAG_TRAINING_MODES]
         if unknown or not self.rag_cache_modes:
             raise ValueError(f"rag_cache_modes must be a non-empty list of {RAG_TRAINING_MODES}, not {self.rag_cache_modes}")

@@ -6,7 +6,9 @@ re-positioned by :func:`gritkit.rag.kv.build_cache`, then the text of :func:`gri
 runs causally and the answer follows. This stream runs exactly that with gradients flowing through the
 cached states, so the model learns to answer from its own embedding caches (the "RAG finetuning stage"
 the GRIT paper proposes). Targets: the gold answer (next-token loss) and/or the model's own uncached-RAG
-distribution over those tokens (self-distillation, KL), see ``TrainingConfig.rag_target``.
+distribution over those tokens (self-distillation, KL), see ``TrainingConfig.rag_target``; optionally
+also the teacher's hidden states, at every layer, on the tokens both runs share
+(``TrainingConfig.rag_hidden_weight``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,25 @@ class RagInputs:
     answer_ids: list[int]            # trained tokens (the reply, end-of-turn marker included)
     uncached_prompt_ids: list[int]   # the same question and passages as classic RAG (distillation teacher)
     passage_max_length: int
+
+    @property
+    def shared_length(self) -> int:
+        """How many last tokens the cached and uncached runs share: the common tail of their prompts, and the answer."""
+        common = 0
+        for cached, uncached in zip(reversed(self.prompt_ids), reversed(self.uncached_prompt_ids)):
+            if cached != uncached:
+                break
+            common += 1
+        return common + len(self.answer_ids)
+
+
+@dataclass
+class AnswerOutputs:
+    """Per question: the logits predicting each answer token, and (when asked) the hidden states of every layer
+    on its ``shared_length`` last tokens, ``(layers, tokens, hidden)``."""
+
+    logits: list[torch.Tensor]
+    hidden: list[torch.Tensor] | None = None
 
 
 def layout(grit: GritLM, example: RagExample, mode: CacheMode, passages: list[str], passage_max_length: int) -> RagInputs:
@@ -67,7 +88,12 @@ def draw(grit: GritLM, examples: list[RagExample], index: int, modes: list[str],
 
 
 def answer_logits(grit: GritLM, batch: Sequence[RagInputs]) -> list[torch.Tensor]:
-    """Per question, the logits predicting each answer token ``(answer_tokens, vocab)``, after its cached segments.
+    """Per question, the logits predicting each answer token ``(answer_tokens, vocab)``, after its cached segments."""
+    return answer_outputs(grit, batch).logits
+
+
+def answer_outputs(grit: GritLM, batch: Sequence[RagInputs], hidden: bool = False) -> AnswerOutputs:
+    """:func:`answer_logits`, and with ``hidden`` every layer's hidden states on each question's shared tail.
 
     All questions run together: every cached text in one right-padded embedding pass, the joined caches
     as rows of one cache (:func:`gritkit.rag.kv.build_batched_cache`), then one causal forward over the
@@ -77,9 +103,9 @@ def answer_logits(grit: GritLM, batch: Sequence[RagInputs]) -> list[torch.Tensor
     each text alone.
     """
     if not batch:
-        return []
+        return AnswerOutputs([], [] if hidden else None)
     if len(batch) > 1 and not cache_can_hold_padding(grit):
-        return [logits for inputs in batch for logits in answer_logits(grit, [inputs])]
+        return _joined([answer_outputs(grit, [inputs], hidden) for inputs in batch])
     rows = _cached_segments(grit, batch)
     prefix, prefix_lengths = build_batched_cache(grit, rows)
     width = max(prefix_lengths)
@@ -92,23 +118,29 @@ def answer_logits(grit: GritLM, batch: Sequence[RagInputs]) -> list[torch.Tensor
         attention_mask = torch.cat([prefix_mask, mask], dim=1).to(grit.device)
         positions = positions.to(grit.device)
     output = grit.model(input_ids=ids.to(grit.device), attention_mask=attention_mask, position_ids=positions,
-                        past_key_values=prefix, use_cache=True, logits_to_keep=max(answer_lengths) + 1)
-    return _answer_rows(output.logits, answer_lengths)
+                        past_key_values=prefix, use_cache=True, logits_to_keep=max(answer_lengths) + 1,
+                        output_hidden_states=hidden)
+    return _outputs(output, batch, hidden)
+
+
+def uncached_answer_logits(grit: GritLM, batch: Sequence[RagInputs]) -> list[torch.Tensor]:
+    """The teacher: per question, the same answer tokens after classic (uncached) RAG, without gradients."""
+    return uncached_answer_outputs(grit, batch).logits
 
 
 @torch.no_grad()
-def uncached_answer_logits(grit: GritLM, batch: Sequence[RagInputs]) -> list[torch.Tensor]:
-    """The teacher: per question, the same answer tokens after classic (uncached) RAG, without gradients."""
+def uncached_answer_outputs(grit: GritLM, batch: Sequence[RagInputs], hidden: bool = False) -> AnswerOutputs:
+    """:func:`uncached_answer_logits`, and with ``hidden`` every layer's hidden states on each shared tail."""
     if not batch:
-        return []
+        return AnswerOutputs([], [] if hidden else None)
     answer_lengths = [len(inputs.answer_ids) for inputs in batch]
     ids, mask, positions = left_padded(grit, [inputs.uncached_prompt_ids + inputs.answer_ids for inputs in batch],
                                         [0] * len(batch))
     padded = not bool(mask.all())
     output = grit.model(input_ids=ids.to(grit.device), attention_mask=mask.to(grit.device) if padded else None,
                         position_ids=positions.to(grit.device) if padded else None, use_cache=False,
-                        logits_to_keep=max(answer_lengths) + 1)
-    return _answer_rows(output.logits, answer_lengths)
+                        logits_to_keep=max(answer_lengths) + 1, output_hidden_states=hidden)
+    return _outputs(output, batch, hidden)
 
 
 def _cached_segments(grit: GritLM, batch: Sequence[RagInputs]) -> list[list[Segment]]:
@@ -148,10 +180,26 @@ def left_padded(grit: GritLM, rows: list[list[int]], starts: list[int] | None = 
     return ids, mask, positions
 
 
-def _answer_rows(logits: torch.Tensor, answer_lengths: list[int]) -> list[torch.Tensor]:
-    """Row ``i``'s logits predicting its answer: the ``answer_lengths[i]`` columns before the last."""
-    last = logits.shape[1] - 1
-    return [logits[row, last - length:last] for row, length in enumerate(answer_lengths)]
+def _outputs(output, batch: Sequence[RagInputs], hidden: bool) -> AnswerOutputs:
+    """Each row's answer logits (the ``len(answer_ids)`` columns before the last) and, when asked, the hidden
+    states of its shared tail; rows are left-padded, so both end in the last column."""
+    last = output.logits.shape[1] - 1
+    logits = [output.logits[row, last - len(inputs.answer_ids):last] for row, inputs in enumerate(batch)]
+    if not hidden:
+        return AnswerOutputs(logits)
+    layers = torch.stack(output.hidden_states[1:], dim=1)  # (batch, layers, tokens, hidden); [0] is the embeddings
+    return AnswerOutputs(logits, [layers[row, :, -inputs.shared_length:] for row, inputs in enumerate(batch)])
+
+
+def _joined(parts: list[AnswerOutputs]) -> AnswerOutputs:
+    hidden = None if parts[0].hidden is None else [h for part in parts for h in part.hidden]
+    return AnswerOutputs([logits for part in parts for logits in part.logits], hidden)
+
+
+def hidden_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Relative squared error of the student's hidden states to the teacher's, per token and layer, averaged."""
+    error = (student.float() - teacher.float()).pow(2).sum(-1)
+    return (error / teacher.float().pow(2).sum(-1).clamp_min(1e-6)).mean()
 
 
 def rag_loss(logits: torch.Tensor, answer_ids: list[int], target: str,

@@ -58,11 +58,11 @@ class GritTrainingModule(torch.nn.Module):
 
     def forward(self, embedding_batches: tuple[EmbeddingBatch, ...] | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                rag_inputs: list[rag_stream.RagInputs] | None = None):
+                rag_inputs: list[rag_stream.RagInputs] | None = None, rag_hidden: bool = False):
         if embedding_batches is not None:
             return tuple(self.grit.embed_batch(batch) for batch in embedding_batches)
         if rag_inputs is not None:
-            return rag_stream.answer_logits(self.grit, rag_inputs)
+            return rag_stream.answer_outputs(self.grit, rag_inputs, rag_hidden)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
@@ -240,12 +240,16 @@ class TrainingStep:
                                  config.rag_passage_max_length, np.random.default_rng([config.seed, step, index, 2]))
                  for index in local_slice(indices, self.rank, self.world_size)]
         self.tokens += sum(len(inputs.prompt_ids) + len(inputs.answer_ids) for inputs in batch)
-        teachers = (rag_stream.uncached_answer_logits(self.teacher, batch) if "distill" in config.rag_target
-                    else [None] * len(batch))
+        hidden = config.rag_hidden_weight > 0
+        teachers = (rag_stream.uncached_answer_outputs(self.teacher, batch, hidden) if "distill" in config.rag_target
+                    else rag_stream.AnswerOutputs([None] * len(batch)))
         with self.backwards.micro_batch(final) as backward:
-            logits = self.model(rag_inputs=batch)
+            student = self.model(rag_inputs=batch, rag_hidden=hidden)
             loss = sum(rag_stream.rag_loss(rows, inputs.answer_ids, config.rag_target, teacher)
-                       for rows, inputs, teacher in zip(logits, batch, teachers)) / len(batch)
+                       for rows, inputs, teacher in zip(student.logits, batch, teachers.logits)) / len(batch)
+            if hidden:
+                loss = loss + config.rag_hidden_weight * sum(
+                    rag_stream.hidden_loss(mine, theirs) for mine, theirs in zip(student.hidden, teachers.hidden)) / len(batch)
             backward(loss * config.rag_loss_weight)
         return loss.detach()
 
