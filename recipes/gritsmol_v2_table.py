@@ -24,7 +24,9 @@ stage 13 extrapolated one more step away from stage 12 without training, measure
 recipes/gritsmol_v2.sh, results/gritsmol-v2-extrap13); and stage 15c, stage 12 + CPU steps on SQuAD-style RAG targets
 (AdversarialQA, Quoref), RAG only, measured and not shipped (recipes/gritsmol_v2_rag_quoref_cpu.yaml,
 results/gritsmol-v2-rag-quoref-cpu); and stage 16c, stage 15c's recipe with locate-and-copy questions beside its QA rows,
-RAG only, measured and not shipped (recipes/gritsmol_v2_rag_reading_cpu.yaml, results/gritsmol-v2-rag-reading-cpu). The earlier
+RAG only, measured and not shipped (recipes/gritsmol_v2_rag_reading_cpu.yaml, results/gritsmol-v2-rag-reading-cpu); and
+stage 17c, stage 15c's recipe with hidden-state distillation of the cached run (rag_hidden_weight), measured and not
+shipped (recipes/gritsmol_v2_rag_hidden_cpu.yaml, results/gritsmol-v2-rag-hidden-cpu). The earlier
 CPU v2 candidate's files stay in results/gritsmol-v2. A cell is "–" where that run was not measured.
 """
 
@@ -221,7 +223,10 @@ STAGE14_RAG = split_rag("gritsmol-v2-extrap13/extrap13", ("docs", "query", "nora
                         ("docs", "query", "norag", "more"))
 STAGE15C_RAG = split_rag("gritsmol-v2-rag-quoref-cpu/quoref-cpu", ("docs", "query"), ("docs", "query"))
 STAGE16C_RAG = split_rag("gritsmol-v2-rag-reading-cpu/reading-cpu", ("docs", "query"), ("docs", "query"))
+STAGE17C_RAG = split_rag("gritsmol-v2-rag-hidden-cpu/hidden-cpu", ("docs", "query"), ("docs", "query"))
 FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, modes split over two processes
+    ("TyDi QA dev-en, all questions", "stage 17c (not shipped), frequency_penalty 0.5 (its default)", "tydiqa",
+     STAGE17C_RAG["tydiqa"]),
     ("TyDi QA dev-en, all questions", "stage 16c (not shipped), frequency_penalty 0.5 (its default)", "tydiqa",
      STAGE16C_RAG["tydiqa"]),
     ("TyDi QA dev-en, all questions", "stage 15c (not shipped), frequency_penalty 0.5 (its default)", "tydiqa",
@@ -254,6 +259,8 @@ FULL_RAG = [  # (corpus title, model, corpus, results files): whole corpora, mod
      STAGE15C_RAG["squad"]),
     ("SQuAD v1.1 dev, fixed sample", "stage 16c (not shipped), frequency_penalty 0.5 (its default)", "squad",
      STAGE16C_RAG["squad"]),
+    ("SQuAD v1.1 dev, fixed sample", "stage 17c (not shipped), frequency_penalty 0.5 (its default)", "squad",
+     STAGE17C_RAG["squad"]),
     ("SQuAD v1.1 dev, fixed sample", "stage 10, greedy", "squad",
      ("gritsmol-v2-rag-gpu/gold-distill-rag-squad-docs.json", "gritsmol-v2-rag-gpu/gold-distill-rag-squad-query.json")),
     ("SQuAD v1.1 dev, fixed sample", "stage 7", "squad",
