@@ -187,8 +187,9 @@ def _outputs(output, batch: Sequence[RagInputs], hidden: bool) -> AnswerOutputs:
     logits = [output.logits[row, last - len(inputs.answer_ids):last] for row, inputs in enumerate(batch)]
     if not hidden:
         return AnswerOutputs(logits)
-    layers = torch.stack(output.hidden_states[1:], dim=1)  # (batch, layers, tokens, hidden); [0] is the embeddings
-    return AnswerOutputs(logits, [layers[row, :, -inputs.shared_length:] for row, inputs in enumerate(batch)])
+    layers = output.hidden_states[1:]  # [0] is the embeddings; slice each row's tail before stacking, not whole rows
+    return AnswerOutputs(logits, [torch.stack([layer[row, -inputs.shared_length:] for layer in layers])
+                                  for row, inputs in enumerate(batch)])
 
 
 def _joined(parts: list[AnswerOutputs]) -> AnswerOutputs:
